@@ -1,0 +1,12 @@
+//! `ddrep`: sample differentiable representations (SIRENs, panoramas, voxel NeRFs) from a
+//! pretrained diffusion model by pulling back its probability-flow ODE (DDRep, NeurIPS 2024).
+//!
+//! Notation follows `ALGORITHM.md`: VE variable `x~ = x0 + sigma eps`, denoiser `D(x~)`.
+
+pub mod backend;
+pub mod diffrep;
+pub mod diffusion;
+pub mod methods;
+pub mod models;
+pub mod noise;
+pub mod tensor_util;

@@ -1,0 +1,134 @@
+//! The inner least-squares solve of DDRep (paper Eq. 5): `argmin_theta ||r(theta) - target||^2`.
+
+use anyhow::{bail, Result};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::{backend::AutodiffBackend, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::diffrep::Diffrep;
+use crate::tensor_util::per_sample_mse;
+
+fn d_adam_steps() -> usize {
+    200
+}
+fn d_adam_lr() -> f64 {
+    1e-3
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+
+/// How each step's least-squares problem is solved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SolverConfig {
+    /// Adam from the warm start (the paper: 200 steps; its learning rate was lost).
+    Adam {
+        #[serde(default = "d_adam_steps")]
+        steps: usize,
+        #[serde(default = "d_adam_lr")]
+        lr: f64,
+        #[serde(default = "d_beta1")]
+        beta_1: f64,
+        #[serde(default = "d_beta2")]
+        beta_2: f64,
+        #[serde(default = "d_eps")]
+        epsilon: f64,
+    },
+    /// Closed-form least squares, for linear diffreps (a test double for Adam).
+    Exact,
+    /// One step `theta += lr * J^T (target - r(theta))`: the pullback *without* the
+    /// `(J^T J)^{-1}` metric term, i.e. the SJC/SDS direction with DDRep's step rule.
+    Transpose {
+        #[serde(default = "one")]
+        lr: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for SolverConfig {
+    fn default() -> Self {
+        SolverConfig::Adam { steps: d_adam_steps(), lr: d_adam_lr(), beta_1: d_beta1(), beta_2: d_beta2(), epsilon: d_eps() }
+    }
+}
+
+impl SolverConfig {
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SolverConfig::Adam { steps, lr, beta_1, beta_2, epsilon } => {
+                if *steps == 0 {
+                    bail!("solver.steps must be at least 1");
+                }
+                if !(lr.is_finite() && *lr > 0.0) {
+                    bail!("solver.lr must be positive, got {lr}");
+                }
+                if !(0.0..1.0).contains(beta_1) || !(0.0..1.0).contains(beta_2) || !(*epsilon > 0.0) {
+                    bail!("solver betas must be in [0, 1) and epsilon positive");
+                }
+            }
+            SolverConfig::Transpose { lr } if !(lr.is_finite() && *lr > 0.0) => bail!("solver.lr must be positive, got {lr}"),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `0.5 * sum over samples of mean squared error`: each sample's gradient is its own.
+fn loss<B: AutodiffBackend>(render: Tensor<B, 4>, target: Tensor<B, 4>) -> Tensor<B, 1> {
+    let n = render.dims()[0] as f64;
+    (render - target).powi_scalar(2).mean().mul_scalar(0.5 * n)
+}
+
+/// Fits `params` to `target`; returns the new parameters and the per-sample mean squared
+/// residual of the final render.
+pub fn fit<B: AutodiffBackend, R: Diffrep<B>>(
+    rep: &R,
+    params: R::Params,
+    target: Tensor<B::InnerBackend, 4>,
+    solver: &SolverConfig,
+) -> Result<R::Params> {
+    match solver {
+        SolverConfig::Exact => match rep.exact_fit(&params, target) {
+            Some(p) => Ok(p),
+            None => bail!("the exact solver needs a linear diffrep; '{}' is not", rep.name()),
+        },
+        SolverConfig::Adam { steps, lr, beta_1, beta_2, epsilon } => {
+            let mut optim = AdamConfig::new()
+                .with_beta_1(*beta_1 as f32)
+                .with_beta_2(*beta_2 as f32)
+                .with_epsilon(*epsilon as f32)
+                .init::<B, R::Params>();
+            let target = Tensor::<B, 4>::from_inner(target);
+            let mut params = params;
+            for _ in 0..*steps {
+                let l = loss(rep.render(&params), target.clone());
+                let grads = GradientsParams::from_grads(l.backward(), &params);
+                params = optim.step(*lr, params, grads);
+            }
+            Ok(params)
+        }
+        SolverConfig::Transpose { lr } => {
+            // Gradient of 0.5 ||r - target||^2 summed over pixels is -J^T (target - r).
+            let target = Tensor::<B, 4>::from_inner(target);
+            let r = rep.render(&params);
+            let l = (r - target).powi_scalar(2).sum().mul_scalar(0.5);
+            let grads = GradientsParams::from_grads(l.backward(), &params);
+            let mut sgd = burn::optim::SgdConfig::new().init::<B, R::Params>();
+            Ok(sgd.step(*lr, params, grads))
+        }
+    }
+}
+
+/// Per-sample root-mean-square residual `||r(theta) - target|| / sqrt(D)`.
+pub fn residual_rms<B: AutodiffBackend>(render: Tensor<B::InnerBackend, 4>, target: Tensor<B::InnerBackend, 4>) -> Vec<f64> {
+    per_sample_mse(render - target).into_iter().map(f64::sqrt).collect()
+}

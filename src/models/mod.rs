@@ -1,0 +1,5 @@
+//! Denoisers: the embedded analytic priors (and, later, Stable Diffusion 1.5).
+
+pub mod analytic;
+
+pub use analytic::{AnalyticConfig, AnalyticKind, AnalyticPrior};
