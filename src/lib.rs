@@ -10,3 +10,7 @@ pub mod methods;
 pub mod models;
 pub mod noise;
 pub mod tensor_util;
+pub mod bench;
+pub mod cli;
+pub mod demo;
+pub mod io;

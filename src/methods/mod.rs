@@ -6,6 +6,7 @@ pub mod ddrep;
 pub mod reference;
 pub mod sds;
 pub mod sjc;
+pub mod run;
 pub mod solver;
 
 use burn::tensor::{backend::Backend, Tensor};
@@ -15,6 +16,7 @@ pub use ddrep::{ddrep, DdrepConfig, RepaintX0};
 pub use reference::{reference, ReferenceConfig};
 pub use sds::{sds, SdsConfig};
 pub use sjc::{sjc, SjcConfig};
+pub use run::{run_method, DiffrepSpec, MethodSpec, RunResult};
 pub use solver::SolverConfig;
 
 /// One logged step of a sampler.

@@ -31,7 +31,10 @@ fn default_pixel_std() -> f64 {
     0.35
 }
 fn default_exponent() -> f64 {
-    2.0
+    3.0
+}
+fn default_chroma() -> f64 {
+    0.3
 }
 fn default_mean_scale() -> f64 {
     1.0
@@ -55,6 +58,9 @@ pub struct AnalyticConfig {
     pub exponent: f64,
     #[serde(default = "default_mean_scale")]
     pub mean_scale: f64,
+    /// Relative variance of the two opponent colour axes (3-channel priors only).
+    #[serde(default = "default_chroma")]
+    pub chroma_weight: f64,
     /// Mixture components (the unconditional model mixes these). Prompts outside the list
     /// still have their own conditional Gaussian.
     #[serde(default)]
@@ -69,6 +75,7 @@ impl Default for AnalyticConfig {
             pixel_std: default_pixel_std(),
             exponent: default_exponent(),
             mean_scale: default_mean_scale(),
+            chroma_weight: default_chroma(),
             captions: Vec::new(),
         }
     }
@@ -86,17 +93,30 @@ fn dct_matrix(n: usize) -> Vec<f64> {
     m
 }
 
-/// The 2-D orthonormal DCT on `[C, H, W]` images.
+/// Orthonormal colour basis: for RGB, luminance and two opponent axes (so that the prior's
+/// images look like pictures, not rainbow noise); identity for other channel counts.
+fn channel_matrix(c: usize) -> Vec<f64> {
+    if c == 3 {
+        let (a, b, d) = (1.0 / 3f64.sqrt(), 1.0 / 2f64.sqrt(), 1.0 / 6f64.sqrt());
+        vec![a, a, a, b, -b, 0.0, d, d, -2.0 * d]
+    } else {
+        (0..c * c).map(|i| if i / c == i % c { 1.0 } else { 0.0 }).collect()
+    }
+}
+
+/// The orthonormal basis of the analytic priors: a colour transform across channels and the
+/// 2-D DCT-II within each channel, on `[C, H, W]` images.
 #[derive(Clone, Debug)]
 pub struct DctBasis {
     shape: [usize; 3],
+    mc: Vec<f64>,
     mh: Vec<f64>,
     mw: Vec<f64>,
 }
 
 impl DctBasis {
     pub fn new(shape: [usize; 3]) -> Self {
-        Self { shape, mh: dct_matrix(shape[1]), mw: dct_matrix(shape[2]) }
+        Self { shape, mc: channel_matrix(shape[0]), mh: dct_matrix(shape[1]), mw: dct_matrix(shape[2]) }
     }
 
     pub fn len(&self) -> usize {
@@ -107,14 +127,31 @@ impl DctBasis {
         self.len() == 0
     }
 
-    /// Image to coefficients: `M_H X M_W^T` per channel.
+    /// Image to coefficients: colour transform, then `M_H X M_W^T` per channel.
     pub fn forward(&self, x: &[f64]) -> Vec<f64> {
-        self.apply(x, false)
+        self.apply(&self.mix_channels(x, false), false)
     }
 
-    /// Coefficients to image: `M_H^T C M_W` per channel.
+    /// Coefficients to image: `M_H^T C M_W` per channel, then the inverse colour transform.
     pub fn inverse(&self, c: &[f64]) -> Vec<f64> {
-        self.apply(c, true)
+        self.mix_channels(&self.apply(c, true), true)
+    }
+
+    fn mix_channels(&self, x: &[f64], transpose: bool) -> Vec<f64> {
+        let [ch, h, w] = self.shape;
+        let plane = h * w;
+        let mut out = vec![0.0; x.len()];
+        for o in 0..ch {
+            for i in 0..ch {
+                let m = if transpose { self.mc[i * ch + o] } else { self.mc[o * ch + i] };
+                if m != 0.0 {
+                    for p in 0..plane {
+                        out[o * plane + p] += m * x[i * plane + p];
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn apply(&self, x: &[f64], transpose: bool) -> Vec<f64> {
@@ -179,15 +216,17 @@ impl AnalyticPrior {
         if !(config.pixel_std > 0.0 && config.pixel_std.is_finite()) {
             bail!("analytic prior pixel_std must be positive, got {}", config.pixel_std);
         }
-        if !config.exponent.is_finite() || !config.mean_scale.is_finite() || config.mean_scale < 0.0 {
-            bail!("analytic prior exponent and mean_scale must be finite (mean_scale >= 0)");
+        if !config.exponent.is_finite() || !config.mean_scale.is_finite() || config.mean_scale < 0.0 || !(config.chroma_weight > 0.0 && config.chroma_weight.is_finite()) {
+            bail!("analytic prior exponent, mean_scale and chroma_weight must be finite (mean_scale >= 0, chroma_weight > 0)");
         }
         let mut variances = Vec::with_capacity(c * h * w);
-        for _ in 0..c {
+        for ch in 0..c {
+            // Opponent colour axes carry less energy than luminance, as in natural images.
+            let weight = if c == 3 && ch > 0 { config.chroma_weight } else { 1.0 };
             for ky in 0..h {
                 for kx in 0..w {
                     let k = ((ky * ky + kx * kx) as f64).sqrt();
-                    variances.push((1.0 + k).powf(-config.exponent));
+                    variances.push(weight * (1.0 + k).powf(-config.exponent));
                 }
             }
         }
@@ -299,8 +338,8 @@ impl<B: Backend> Denoiser<B> for AnalyticPrior {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "embedded analytic prior ({:?}, shape {:?}, pixel_std {}, exponent {}, mean_scale {}, {} component(s))",
-            c.kind, c.shape, c.pixel_std, c.exponent, c.mean_scale, self.components.len()
+            "embedded analytic prior ({:?}, shape {:?}, pixel_std {}, exponent {}, mean_scale {}, chroma_weight {}, {} component(s))",
+            c.kind, c.shape, c.pixel_std, c.exponent, c.mean_scale, c.chroma_weight, self.components.len()
         )
     }
 
@@ -344,8 +383,8 @@ mod tests {
 
     #[test]
     fn dct_is_orthonormal() {
-        let b = DctBasis::new([2, 5, 7]);
-        let x: Vec<f64> = (0..70).map(|i| ((i * 37 % 11) as f64) - 5.0).collect();
+        let b = DctBasis::new([3, 5, 7]);
+        let x: Vec<f64> = (0..105).map(|i| ((i * 37 % 11) as f64) - 5.0).collect();
         let c = b.forward(&x);
         let back = b.inverse(&c);
         let e: f64 = x.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);

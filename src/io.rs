@@ -1,0 +1,103 @@
+//! Writing results: PNG images, safetensors files and JSON records, each written to a
+//! temporary file and renamed into place so a crash never leaves a half-written file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::diffrep::NamedTensor;
+
+/// The commit this binary was built from (`-dirty` if the tree had changes).
+pub const GIT_COMMIT: &str = env!("DDREP_GIT_COMMIT");
+pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Writes `bytes` to `path` atomically (temporary sibling, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Creates an output directory, refusing a path that exists as a file.
+pub fn ensure_out_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("output path {} exists and is not a directory", dir.display());
+    }
+    fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(value)?;
+    s.push('\n');
+    write_atomic(path, s.as_bytes())
+}
+
+/// Writes f32 tensors as a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| Ok((t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let out = safetensors::serialize(views, None)?;
+    write_atomic(path, &out)
+}
+
+/// Maps values in `[-1, 1]` to 8-bit, clamping.
+pub fn to_u8(v: f32) -> u8 {
+    (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8
+}
+
+/// Encodes one `[C, H, W]` image in `[-1, 1]` as PNG bytes: 1 channel grey, 3 RGB; 4 channels
+/// (latents without a decoder) show their first three as RGB.
+pub fn png_bytes(chw: &[f32], shape: [usize; 3]) -> Result<Vec<u8>> {
+    let [c, h, w] = shape;
+    if chw.len() != c * h * w {
+        bail!("image data has {} values, shape {:?} needs {}", chw.len(), shape, c * h * w);
+    }
+    let plane = h * w;
+    let mut buf = Vec::with_capacity(plane * 3);
+    for i in 0..plane {
+        for ch in 0..3 {
+            let src = if c >= 3 { ch } else { 0 };
+            buf.push(to_u8(chw[src * plane + i]));
+        }
+    }
+    let img = image::RgbImage::from_raw(w as u32, h as u32, buf).context("image buffer size")?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+pub fn write_png(path: &Path, chw: &[f32], shape: [usize; 3]) -> Result<()> {
+    write_atomic(path, &png_bytes(chw, shape)?)
+}
+
+/// Tiles `[C, H, W]` images into a grid of `rows x cols` with a 2-pixel gap, as one PNG.
+pub fn write_grid_png(path: &Path, images: &[Vec<f32>], shape: [usize; 3], cols: usize) -> Result<()> {
+    let [c, h, w] = shape;
+    let cols = cols.max(1);
+    let rows = images.len().div_ceil(cols);
+    let gap = 2;
+    let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
+    let mut canvas = vec![-1.0f32; 3 * gh * gw];
+    for (k, img) in images.iter().enumerate() {
+        let (r, col) = (k / cols, k % cols);
+        for ch in 0..3 {
+            let src = if c >= 3 { ch } else { 0 };
+            for y in 0..h {
+                for x in 0..w {
+                    canvas[ch * gh * gw + (gap + r * (h + gap) + y) * gw + gap + col * (w + gap) + x] = img[src * h * w + y * w + x];
+                }
+            }
+        }
+    }
+    write_png(path, &canvas, [3, gh, gw])
+}
