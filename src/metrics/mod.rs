@@ -14,11 +14,13 @@
 pub mod images;
 pub mod kid;
 pub mod legacy_pth;
+pub mod lpips;
 pub mod psnr;
 pub mod ssim;
 pub mod weights;
 
 pub use images::ImageBatch;
+pub use lpips::{Lpips, LpipsValues};
 pub use kid::{kid, kid_with_subsets, FeatureMatrix, KidConfig, KidResult};
 pub use psnr::{psnr, psnr_mean_of_per_image, psnr_per_image};
 pub use ssim::{ssim, ssim_per_image, ssim_per_image_cropped, SsimConfig};
