@@ -12,6 +12,7 @@
 //! Every entry point validates its input and returns a [`MetricError`] instead of panicking.
 
 pub mod images;
+pub mod inception;
 pub mod kid;
 pub mod legacy_pth;
 pub mod lpips;
@@ -21,6 +22,7 @@ pub mod weights;
 
 pub use images::ImageBatch;
 pub use lpips::{Lpips, LpipsValues};
+pub use inception::{InceptionV3, ResizeMode};
 pub use kid::{kid, kid_with_subsets, FeatureMatrix, KidConfig, KidResult};
 pub use psnr::{psnr, psnr_mean_of_per_image, psnr_per_image};
 pub use ssim::{ssim, ssim_per_image, ssim_per_image_cropped, SsimConfig};
