@@ -55,7 +55,7 @@ fn kid_matches_torchmetrics_on_recorded_subsets() {
 
     // The MMD of the first 100 real vs the first 100 fake rows (single subset, both code paths).
     let first: Vec<usize> = (0..100).collect();
-    let one = kid_with_subsets(&real, &fake, &KidConfig { subset_size: 100, ..cfg }, &[first.clone()], &[first]).unwrap();
+    let one = kid_with_subsets(&real, &fake, &KidConfig { subset_size: 100, ..cfg }, std::slice::from_ref(&first), std::slice::from_ref(&first)).unwrap();
     let want = j["extra_mmd_first100_real_vs_first100_fake_f64"].as_f64().unwrap();
     assert!((one.mean - want).abs() <= 1e-9, "{} vs {want}", one.mean);
     assert_eq!(one.std, 0.0);

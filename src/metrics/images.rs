@@ -15,7 +15,7 @@ pub struct ImageBatch<'a> {
 impl<'a> ImageBatch<'a> {
     /// Wraps `data` (NCHW). `what` names the input in error messages ("preds", "target").
     pub fn new(what: &str, data: &'a [f32], shape: [usize; 4]) -> MetricResult<Self> {
-        if shape.iter().any(|&d| d == 0) {
+        if shape.contains(&0) {
             return Err(MetricError::Empty(format!("{what}: image batch of shape {shape:?}")));
         }
         let expected: usize = shape.iter().product();

@@ -119,7 +119,7 @@ fn resize_aa(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> 
 /// (`(resized - 128) / 128`). Errors on an empty batch, wrong length or channels other than 3.
 pub fn preprocess(images: &[u8], shape: [usize; 4], mode: ResizeMode) -> MetricResult<Vec<f32>> {
     let [n, c, h, w] = shape;
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return Err(MetricError::Empty(format!("Inception input of shape {shape:?}")));
     }
     if c != 3 {
@@ -177,8 +177,10 @@ pub struct InceptionV3<B: Backend> {
     convs: HashMap<String, BasicConv<B>>,
 }
 
-/// `(name, cin, cout, kh, kw, stride, pad_h, pad_w)` of every BasicConv2d.
-fn conv_specs() -> Vec<(String, usize, usize, usize, usize, usize, usize, usize)> {
+/// `(name, cin, cout, kh, kw, stride, pad_h, pad_w)`.
+type ConvSpec = (String, usize, usize, usize, usize, usize, usize, usize);
+
+fn conv_specs() -> Vec<ConvSpec> {
     let mut v = Vec::new();
     let mut add = |n: String, ci, co, kh, kw, s, ph, pw| v.push((n, ci, co, kh, kw, s, ph, pw));
     add("Conv2d_1a_3x3".into(), 3, 32, 3, 3, 2, 0, 0);

@@ -35,7 +35,7 @@ impl FeatureMatrix {
         if data.is_empty() {
             return Err(MetricError::Empty(format!("{what}: no feature vectors")));
         }
-        if data.len() % dim != 0 {
+        if !data.len().is_multiple_of(dim) {
             return Err(MetricError::FeatureDim {
                 what: format!("{what}: {} values are not a whole number of rows", data.len()),
                 expected: dim,
@@ -244,9 +244,12 @@ pub fn kid_with_subsets(
     Ok(KidResult { mean, std, per_subset })
 }
 
+/// Row-index subsets: `(real subsets, fake subsets)`.
+pub type Subsets = (Vec<Vec<usize>>, Vec<Vec<usize>>);
+
 /// Draws `cfg.subsets` pairs of index subsets of size `cfg.subset_size` without replacement from
 /// a ChaCha8 stream seeded with `cfg.seed` (real first, then fake, per subset).
-pub fn draw_subsets(n_real: usize, n_fake: usize, cfg: &KidConfig) -> MetricResult<(Vec<Vec<usize>>, Vec<Vec<usize>>)> {
+pub fn draw_subsets(n_real: usize, n_fake: usize, cfg: &KidConfig) -> MetricResult<Subsets> {
     let m = cfg.subset_size;
     if cfg.subsets == 0 {
         return Err(MetricError::InvalidParam("KID needs at least one subset".into()));
