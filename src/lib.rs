@@ -7,6 +7,7 @@ pub mod backend;
 pub mod diffrep;
 pub mod diffusion;
 pub mod methods;
+pub mod metrics;
 pub mod models;
 pub mod noise;
 pub mod tensor_util;
