@@ -14,7 +14,7 @@ use crate::methods::{run_method, DiffrepSpec, MethodSpec, SolverConfig};
 use crate::models::{AnalyticConfig, AnalyticPrior};
 
 #[derive(Parser, Debug)]
-#[command(name = "ddrep", version, about = "Sample differentiable representations from a diffusion model (DDRep, NeurIPS 2024)")]
+#[command(name = "ddrep", version, args_override_self = true, about = "Sample differentiable representations from a diffusion model (DDRep, NeurIPS 2024)")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -183,12 +183,15 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     let siren = SirenConfig { resolution: [h, w], out_channels: c, width: a.width, depth: a.depth, embedding_size: a.embedding, ..Default::default() };
     siren.validate()?;
     let diffrep = DiffrepSpec::Siren(siren);
+    if !(a.device == "cpu" || (cfg!(feature = "cuda") && a.device == "cuda")) {
+        bail!("unknown or unavailable device '{}' (this build has: cpu{})", a.device, if cfg!(feature = "cuda") { ", cuda" } else { "" });
+    }
     let out = ensure_out_dir(&a.out)?;
     match a.device.as_str() {
         "cpu" => sample_on::<crate::backend::CpuAutodiff>(a, &model, &spec, &diffrep, guidance, &out, &Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => sample_on::<crate::backend::CudaAutodiff>(a, &model, &spec, &diffrep, guidance, &out, &Default::default()),
-        other => bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+        other => unreachable!("device '{other}' was validated above"),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::diffrep::SirenConfig;
 use crate::diffusion::{CfgConvention, Denoiser, Guidance};
 use crate::io::{ensure_out_dir, write_atomic, write_grid_png, write_json, write_png, CRATE_VERSION, GIT_COMMIT};
 use crate::methods::{run_method, DdrepConfig, DiffrepSpec, MethodSpec, ReferenceConfig, SjcConfig, SolverConfig};
+use crate::metrics;
 use crate::models::{AnalyticConfig, AnalyticPrior};
 
 /// Captions written for the demo; each keys one component of the analytic mixture.
@@ -57,10 +58,14 @@ impl Default for DemoSettings {
     }
 }
 
-/// PSNR in dB of two images in [-1, 1] (peak-to-peak 2).
-pub fn psnr_pm1(a: &[f32], b: &[f32]) -> f64 {
-    let mse: f64 = a.iter().zip(b).map(|(x, y)| ((*x as f64 - *y as f64) / 2.0).powi(2)).sum::<f64>() / a.len() as f64;
-    10.0 * (1.0 / mse).log10()
+/// PSNR and SSIM (torchmetrics conventions) of two `[C, H, W]` images in [-1, 1], compared
+/// as the pictures a user sees: mapped to [0, 1] and clamped.
+pub fn psnr_ssim(a: &[f32], b: &[f32], shape: [usize; 3]) -> Result<(f64, f64)> {
+    let unit = |x: &[f32]| x.iter().map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)).collect::<Vec<f32>>();
+    let (ua, ub) = (unit(a), unit(b));
+    let ia = metrics::ImageBatch::single("sample", &ua, shape)?;
+    let ib = metrics::ImageBatch::single("reference", &ub, shape)?;
+    Ok((metrics::psnr(&ia, &ib, 1.0)?, metrics::ssim(&ia, &ib, &metrics::SsimConfig::default())?))
 }
 
 /// Mean pairwise RMS distance between samples (diversity).
@@ -105,9 +110,9 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
         }
     }
     println!("ddrep demo: {} methods x CFG {:?} x {} captions x {} seeds on the embedded analytic prior (3x32x32 Gaussian mixture)", settings.methods.len(), a.cfg, captions.len(), a.seeds);
-    let mut per_image = String::from("method,cfg,caption,seed,psnr_vs_reference,final_residual,nfe,seconds\n");
+    let mut per_image = String::from("method,cfg,caption,seed,psnr_vs_reference,ssim_vs_reference,final_residual,nfe,seconds\n");
     let mut diag_csv = String::from("method,cfg,caption,seed,step,kind,t,sigma,residual,nfe\n");
-    let mut summary = String::from("method,cfg,psnr_mean,psnr_std,diversity,nfe_per_sample,seconds\n");
+    let mut summary = String::from("method,cfg,psnr_mean,psnr_std,ssim_mean,ssim_std,diversity,nfe,seconds\n");
     let mut table = Vec::new();
     for &w in &a.cfg {
         let guidance = Guidance::new(w, CfgConvention::Diffusers);
@@ -117,14 +122,21 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
             let res = run_method::<CpuAutodiff>(&model, spec, &settings.diffrep, &prompts, guidance, &seeds, &device)?;
             let name = spec.name();
             let dir = ensure_out_dir(&out.join("images").join(name).join(format!("cfg{w}")))?;
-            let mut psnrs = Vec::new();
+            let (mut psnrs, mut ssims) = (Vec::new(), Vec::new());
             for (k, img) in res.images.iter().enumerate() {
                 let (ci, seed) = (k / a.seeds, seeds[k]);
                 write_png(&dir.join(format!("caption{ci}_seed{seed}.png")), img, res.shape)?;
-                let psnr = reference_images.as_ref().map(|r| psnr_pm1(img, &r[k]));
-                psnrs.extend(psnr);
+                let scores = match &reference_images {
+                    Some(r) => Some(psnr_ssim(img, &r[k], res.shape)?),
+                    None => None,
+                };
+                if let Some((p, s)) = scores {
+                    psnrs.push(p);
+                    ssims.push(s);
+                }
                 let last = res.diagnostics.iter().rev().find(|d| d.kind != "forward").map(|d| d.residual[k]).unwrap_or(0.0);
-                writeln!(per_image, "{name},{w},\"{}\",{seed},{},{last:.6},{},{:.3}", prompts[k], psnr.map(|p| format!("{p:.4}")).unwrap_or_default(), res.nfe, res.seconds)?;
+                let (p, s) = scores.map(|(p, s)| (format!("{p:.4}"), format!("{s:.5}"))).unwrap_or_default();
+                writeln!(per_image, "{name},{w},\"{}\",{seed},{p},{s},{last:.6},{},{:.3}", prompts[k], res.nfe, res.seconds)?;
                 for d in &res.diagnostics {
                     writeln!(diag_csv, "{name},{w},\"{}\",{seed},{},{},{},{:.6},{:.6e},{}", prompts[k], d.step, d.kind, d.t, d.sigma, d.residual[k], d.nfe)?;
                 }
@@ -136,9 +148,11 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
             )
             .0;
             let (pm, ps) = if psnrs.is_empty() { (f64::NAN, f64::NAN) } else { mean_std(&psnrs) };
-            writeln!(summary, "{name},{w},{pm:.4},{ps:.4},{diversity:.5},{},{:.2}", res.nfe, res.seconds)?;
-            println!("  cfg {w:>4}  {name:<9}  PSNR vs reference {:>14}  diversity {diversity:.4}  {} NFEs  {:.1} s", if psnrs.is_empty() { "-".to_string() } else { format!("{pm:.2} ± {ps:.2} dB") }, res.nfe, res.seconds);
-            table.push(json!({"method": name, "cfg": w, "psnr_mean": pm, "psnr_std": ps, "diversity": diversity, "nfe": res.nfe, "seconds": res.seconds}));
+            let (sm, ss) = if ssims.is_empty() { (f64::NAN, f64::NAN) } else { mean_std(&ssims) };
+            writeln!(summary, "{name},{w},{pm:.4},{ps:.4},{sm:.5},{ss:.5},{diversity:.5},{},{:.2}", res.nfe, res.seconds)?;
+            let vs = if psnrs.is_empty() { "(the reference)".to_string() } else { format!("PSNR {pm:6.2} ± {ps:5.2} dB  SSIM {sm:.3} ± {ss:.3}") };
+            println!("  cfg {w:>4}  {name:<9}  {vs:<38}  diversity {diversity:.4}  {:>4} NFEs  {:6.1} s", res.nfe, res.seconds);
+            table.push(json!({"method": name, "cfg": w, "psnr_mean": pm, "psnr_std": ps, "ssim_mean": sm, "ssim_std": ss, "diversity": diversity, "nfe": res.nfe, "seconds": res.seconds}));
             grid_rows.extend(res.images.iter().cloned());
             if reference_images.is_none() {
                 reference_images = Some(res.images);

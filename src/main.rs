@@ -1,9 +1,22 @@
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = ddrep::cli::Cli::parse();
+    let cli = match ddrep::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Usage errors on one line, like every other error of this program.
+            let msg = e.to_string();
+            eprintln!("{} (see --help)", msg.lines().next().unwrap_or("error: invalid arguments").trim_end());
+            return ExitCode::from(2);
+        }
+    };
     match ddrep::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
