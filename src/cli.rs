@@ -195,7 +195,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     }
 }
 
-fn sample_on<B: AutodiffBackend>(
+fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     a: &SampleArgs,
     model: &AnalyticPrior,
     spec: &MethodSpec,

@@ -1,6 +1,7 @@
 //! Differentiable representations: parameters (a burn `Module`) and a render function.
 
 pub mod linear;
+pub mod sine;
 pub mod siren;
 
 use anyhow::Result;

@@ -8,6 +8,7 @@ use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::sine::{sine, SineBackend};
 use super::{Diffrep, NamedTensor};
 use crate::noise::rng_for;
 use crate::tensor_util::{tensor_from_vec, tensor_to_vec};
@@ -164,13 +165,13 @@ pub struct SirenParams<B: Backend> {
 }
 
 /// A batch of image SIRENs on a fixed grid.
-pub struct SirenDiffrep<B: Backend> {
+pub struct SirenDiffrep<B: SineBackend> {
     config: SirenConfig,
     /// `[H*W, E]` embedding of the grid, shared by all SIRENs.
     embedding: Tensor<B, 2>,
 }
 
-impl<B: Backend> SirenDiffrep<B> {
+impl<B: SineBackend> SirenDiffrep<B> {
     pub fn new(config: SirenConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let grid = config.grid();
@@ -192,7 +193,7 @@ impl<B: Backend> SirenDiffrep<B> {
         for (l, (w, b)) in params.weights.iter().zip(&params.biases).enumerate() {
             h = h.matmul(w.val()) + b.val();
             if l < last {
-                h = h.mul_scalar(self.config.omega).sin();
+                h = sine(h, self.config.omega);
             }
         }
         let [hh, ww] = self.config.resolution;
@@ -238,7 +239,7 @@ impl<B: Backend> SirenDiffrep<B> {
     }
 }
 
-impl<B: AutodiffBackend> Diffrep<B> for SirenDiffrep<B> {
+impl<B: AutodiffBackend + SineBackend> Diffrep<B> for SirenDiffrep<B> {
     type Params = SirenParams<B>;
 
     fn name(&self) -> &'static str {

@@ -8,6 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use super::{ddrep, reference, sds, sjc, DdrepConfig, MethodOutput, ReferenceConfig, SdsConfig, SjcConfig, StepDiagnostic};
+use crate::diffrep::sine::SineBackend;
 use crate::diffrep::{Diffrep, NamedTensor, SirenConfig, SirenDiffrep};
 use crate::diffusion::{Denoiser, Guidance, GuidedDenoiser};
 use crate::noise::SeededNoise;
@@ -98,7 +99,7 @@ fn collect<B: AutodiffBackend, R: Diffrep<B>>(
 
 /// Runs one method on a batch of independent samples, sample `i` with `prompts[i]` and
 /// `seeds[i]`. A sample's result depends only on its own prompt and seed.
-pub fn run_method<B: AutodiffBackend>(
+pub fn run_method<B: AutodiffBackend + SineBackend>(
     model: &dyn Denoiser<B::InnerBackend>,
     method: &MethodSpec,
     diffrep: &DiffrepSpec,

@@ -1,0 +1,26 @@
+# Recipes for ddrep. Install just with `pip install rust-just` or `cargo install just --locked`.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") + "/.cache/ddrep-target")
+
+# The main job on the embedded analytic prior (CPU, minutes).
+demo:
+    cargo run --release -- demo
+
+# The test suite (what CI runs).
+test:
+    cargo test --release
+
+# Adam steps/s of 8 paper-size SIRENs, beside PyTorch when torch is installed.
+bench:
+    cargo run --release -- bench siren
+
+# Build the CUDA backend (works offline, needs no GPU to build).
+build-cuda:
+    cargo build --release --features cuda
+
+# Regenerate the parity fixtures (needs the pinned Python packages of each tools/fixtures/*/requirements.txt).
+fixtures:
+    python3 tools/fixtures/ddim/make_ddim_fixtures.py
+    python3 tools/fixtures/sd15_tiny/make_fixtures.py
+    python3 tools/fixtures/metrics/make_fixtures.py
