@@ -212,8 +212,19 @@ impl<B: Backend> Loader<B> {
     /// `strict`, every extra one), or Ok.
     pub fn finish(self, strict: bool) -> Result<()> {
         let mut problems = self.problems.clone();
+        let mut fixes = Vec::new();
+        if problems.iter().any(|p| p.contains(": dtype ")) {
+            fixes.push("save the weights as float32/float16/bfloat16 (e.g. diffusers save_pretrained)".to_string());
+        }
+        if problems.iter().any(|p| !p.contains(": dtype ")) {
+            fixes.push(format!("use the weights that belong to {}/config.json (same model, same version)", self.part));
+        }
         if strict {
-            problems.extend(self.unused().into_iter().map(|k| format!("{}.{k}: not used by the model (--strict)", self.part)));
+            let extra = self.unused();
+            if !extra.is_empty() {
+                fixes.push("remove the extra tensors or load without --strict".to_string());
+            }
+            problems.extend(extra.into_iter().map(|k| format!("{}.{k}: not used by the model (--strict)", self.part)));
         }
         if problems.is_empty() {
             return Ok(());
@@ -222,12 +233,7 @@ impl<B: Backend> Loader<B> {
             Source::File(f) => f.path.display().to_string(),
             _ => self.part.clone(),
         };
-        bail!(
-            "{file}: {} tensor problem(s): {}. Fix: use the weights that belong to {}/config.json (same model, same version)",
-            problems.len(),
-            problems.join("; "),
-            self.part
-        )
+        bail!("{file}: {} tensor problem(s): {}. Fix: {}", problems.len(), problems.join("; "), fixes.join("; "))
     }
 }
 
