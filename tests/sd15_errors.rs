@@ -189,7 +189,11 @@ fn extra_tensor_refused_only_when_strict() {
 fn legacy_names_and_half_precision_load() {
     let dir = copy_model("legacy");
     rewrite(&dir.join(VAE), |(n, d, s, b)| {
-        let n = n.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.").replace(".to_out.0.", ".proj_attn.");
+        let n = n
+            .replace(".to_q.", ".query.")
+            .replace(".to_k.", ".key.")
+            .replace(".to_v.", ".value.")
+            .replace(".to_out.0.", ".proj_attn.");
         Some((n, d, s, b))
     });
     rewrite(&dir.join(TE), |(n, d, s, b)| Some((n.trim_start_matches("text_model.").to_string(), d, s, b)));
@@ -200,14 +204,41 @@ fn legacy_names_and_half_precision_load() {
     let reference = Sd15::<B>::load(model_dir(), &Default::default()).unwrap();
     let sd = Sd15::<B>::load_with(dir.as_path(), &Default::default(), LoadOptions { strict: true }).unwrap();
 
-    let z = burn::tensor::Tensor::<B, 4>::random([1, 4, 4, 4], burn::tensor::Distribution::Normal(0.0, 1.0), &Default::default());
+    let z = burn::tensor::Tensor::<B, 4>::random(
+        [1, 4, 4, 4],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
     sd15_common::check("vae with old attention names", sd.decode(z.clone()), reference.decode(z.clone()), 1e-7);
     let e = sd.encode_prompts(&["a cat"]).unwrap();
-    sd15_common::check("text encoder without text_model. prefix", e, reference.encode_prompts(&["a cat"]).unwrap(), 1e-7);
+    sd15_common::check(
+        "text encoder without text_model. prefix",
+        e,
+        reference.encode_prompts(&["a cat"]).unwrap(),
+        1e-7,
+    );
     // fp16 weights: only rounding of the weights differs.
-    let x = burn::tensor::Tensor::<B, 4>::random([1, 4, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &Default::default());
+    let x = burn::tensor::Tensor::<B, 4>::random(
+        [1, 4, 8, 8],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
     let a = sd.eps(x.clone(), &[500], &[Some("a cat")]).unwrap();
     let b = reference.eps(x, &[500], &[Some("a cat")]).unwrap();
     sd15_common::check("unet from fp16 weights", a, b, 1e-2);
     assert!(sd.describe().contains("unet="));
+}
+
+/// Weight hashes for run records: the sha256 of the file bytes, the same on a second call.
+#[test]
+fn weight_hashes_are_sha256_of_the_files() {
+    use sha2::{Digest, Sha256};
+    let path = model_dir().join(VAE);
+    let direct = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+    assert_eq!(ddrep::models::sd15::sha256_cached(&path).unwrap(), direct);
+    assert_eq!(ddrep::models::sd15::sha256_cached(&path).unwrap(), direct);
+    let sd = Sd15::<B>::load(model_dir(), &Default::default()).unwrap();
+    let hashes = sd.weight_hashes().unwrap();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.contains(&("vae".to_string(), direct)));
 }

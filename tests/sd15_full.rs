@@ -4,7 +4,9 @@
 
 mod sd15_common;
 
-use ddrep::models::sd15::{unet_param_count, ClipTextConfig, ClipTextModel, Loader, UNet2DConditionModel, UnetConfig, VaeConfig, AutoencoderKL};
+use ddrep::models::sd15::{
+    unet_param_count, AutoencoderKL, ClipTextConfig, ClipTextModel, Loader, UNet2DConditionModel, UnetConfig, VaeConfig,
+};
 use sd15_common::B;
 
 /// runwayml/stable-diffusion-v1-5 `unet/config.json` (it lists only these keys).

@@ -18,7 +18,9 @@ fn load() -> Sd15<B> {
 }
 
 fn manifest_inputs(file: &str) -> Value {
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(sd15_common::fixture("expected/manifest.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(sd15_common::fixture("expected/manifest.json")).unwrap())
+            .unwrap();
     m["files"].as_array().unwrap().iter().find(|f| f["file"] == file).unwrap()["inputs"].clone()
 }
 
@@ -56,7 +58,10 @@ fn unet_eps_at_several_timesteps() {
     }
     let eps = sd.unet.forward(x, &[999.0, 1.0], ctx).unwrap();
     check("eps_tvec_999_1 (per-row timesteps)", eps, exp.get::<4>("eps_tvec_999_1"), TOL);
-    let eps = sd.unet.forward(exp.get::<4>("nonsquare_sample"), &[250.0], exp.get::<3>("nonsquare_encoder_hidden_states")).unwrap();
+    let eps = sd
+        .unet
+        .forward(exp.get::<4>("nonsquare_sample"), &[250.0], exp.get::<3>("nonsquare_encoder_hidden_states"))
+        .unwrap();
     check("nonsquare_eps_t250 (16x8)", eps, exp.get::<4>("nonsquare_eps_t250"), TOL);
 }
 
@@ -67,15 +72,20 @@ fn unet_intermediates() {
     let hooks = Expected::open("unet_intermediates.safetensors");
     let mut seen = Vec::new();
     sd.unet
-        .forward_traced(exp.get::<4>("sample"), &[500.0, 500.0], exp.get::<3>("encoder_hidden_states"), &mut |name, t| {
-            let reference: Tensor<B, 4> = if name.starts_with("time_") {
-                hooks.get::<2>(name).unsqueeze_dims(&[2, 3])
-            } else {
-                hooks.get::<4>(name)
-            };
-            check(name, t.clone(), reference, TOL);
-            seen.push(name.to_string());
-        })
+        .forward_traced(
+            exp.get::<4>("sample"),
+            &[500.0, 500.0],
+            exp.get::<3>("encoder_hidden_states"),
+            &mut |name, t| {
+                let reference: Tensor<B, 4> = if name.starts_with("time_") {
+                    hooks.get::<2>(name).unsqueeze_dims(&[2, 3])
+                } else {
+                    hooks.get::<4>(name)
+                };
+                check(name, t.clone(), reference, TOL);
+                seen.push(name.to_string());
+            },
+        )
         .unwrap();
     assert_eq!(seen.len(), 13, "{seen:?}");
 }
@@ -91,7 +101,8 @@ fn denoiser_cfg_matches_pipeline() {
     check("eps_uncond", both.clone().narrow(0, 0, 1), exp.get::<4>("eps_uncond"), TOL);
     check("eps_cond", both.narrow(0, 1, 1), exp.get::<4>("eps_cond"), TOL);
     check("prompt embeddings", sd.encode_prompts(&["", prompt]).unwrap(), exp.get::<3>("encoder_hidden_states"), TOL);
-    let guided = GuidedDenoiser::new(&sd, vec![prompt.to_string()], Guidance::new(7.5, CfgConvention::Diffusers)).unwrap();
+    let guided =
+        GuidedDenoiser::new(&sd, vec![prompt.to_string()], Guidance::new(7.5, CfgConvention::Diffusers)).unwrap();
     check("eps_guided (w = 7.5)", guided.eps(x, &[500]).unwrap(), exp.get::<4>("eps_guided"), TOL);
     assert_eq!(guided.nfe(), 1);
 }
@@ -106,7 +117,12 @@ fn vae_decode_and_encode() {
     check("encode_mean", post.mean.clone(), exp.get::<4>("encode_mean"), TOL);
     check("encode_logvar", post.logvar, exp.get::<4>("encode_logvar"), TOL);
     check("encode_std", post.std, exp.get::<4>("encode_std"), TOL);
-    check("encode (scaled latents)", sd.encode(exp.get::<4>("encode_image")), exp.get::<4>("encode_mean").mul_scalar(0.18215), TOL);
+    check(
+        "encode (scaled latents)",
+        sd.encode(exp.get::<4>("encode_image")),
+        exp.get::<4>("encode_mean").mul_scalar(0.18215),
+        TOL,
+    );
 }
 
 /// The 4-step DDIM + CFG trajectory replayed with the crate's `ddim_step_vp`, `ReplayNoise`
@@ -118,19 +134,27 @@ fn ddim_trajectory_replay() {
     let prompt = "a watercolor painting of a lighthouse at dawn";
     let schedule = sd.schedule().clone();
     let abar = exp.get::<1>("alphas_cumprod");
-    let ours = Tensor::<B, 1>::from_floats(schedule.alphas_cumprod().iter().map(|&a| a as f32).collect::<Vec<_>>().as_slice(), &Default::default());
+    let ours = Tensor::<B, 1>::from_floats(
+        schedule.alphas_cumprod().iter().map(|&a| a as f32).collect::<Vec<_>>().as_slice(),
+        &Default::default(),
+    );
     check("alphas_cumprod", ours, abar, 1e-6);
     let levels = schedule.ddim_levels(4, sd.scheduler.steps_offset).unwrap();
     assert_eq!(levels[..4], [751, 501, 251, 1].map(Level::Timestep));
     check("prompt_embeds", sd.encode_prompts(&["", prompt]).unwrap(), exp.get::<3>("prompt_embeds"), TOL);
 
-    let guided = GuidedDenoiser::new(&sd, vec![prompt.to_string()], Guidance::new(7.5, CfgConvention::Diffusers)).unwrap();
+    let guided =
+        GuidedDenoiser::new(&sd, vec![prompt.to_string()], Guidance::new(7.5, CfgConvention::Diffusers)).unwrap();
     for (eta, tag) in [(0.0, "eta0"), (1.0, "eta1")] {
         let steps = |name: &str| -> Vec<Tensor<B, 4>> {
             let t = exp.get::<5>(&format!("{tag}.{name}"));
             (0..4).map(|i| t.clone().narrow(0, i, 1).squeeze_dim::<4>(0)).collect()
         };
-        let noise = if eta > 0.0 { steps("variance_noise") } else { vec![Tensor::zeros([1, 4, 8, 16], &Default::default()); 4] };
+        let noise = if eta > 0.0 {
+            steps("variance_noise")
+        } else {
+            vec![Tensor::zeros([1, 4, 8, 16], &Default::default()); 4]
+        };
         let mut noise = ReplayNoise::new(noise);
         let (lat, eps_ref) = (steps("latents"), steps("noise_pred"));
         let mut x = exp.get::<4>("init_latents");

@@ -28,10 +28,13 @@ impl Expected {
     }
 
     pub fn get<const D: usize>(&self, name: &str) -> Tensor<B, D> {
-        self.file.tensor_f32(name).map(|(v, shape)| {
-            let shape: [usize; D] = shape.try_into().unwrap_or_else(|s| panic!("{name}: rank {s:?} != {D}"));
-            Tensor::from_data(TensorData::new(v, shape), &Default::default())
-        }).unwrap_or_else(|e| panic!("{name}: {e}"))
+        self.file
+            .tensor_f32(name)
+            .map(|(v, shape)| {
+                let shape: [usize; D] = shape.try_into().unwrap_or_else(|s| panic!("{name}: rank {s:?} != {D}"));
+                Tensor::from_data(TensorData::new(v, shape), &Default::default())
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 }
 

@@ -46,7 +46,11 @@ impl<B: Backend> ClipTextModel<B> {
             bail!("text_encoder/config.json: hidden_act = {} is not supported (quick_gelu or gelu)", c.hidden_act);
         }
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
-            bail!("text_encoder/config.json: hidden_size {} is not divisible by num_attention_heads {}", c.hidden_size, c.num_attention_heads);
+            bail!(
+                "text_encoder/config.json: hidden_size {} is not divisible by num_attention_heads {}",
+                c.hidden_size,
+                c.num_attention_heads
+            );
         }
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let e = "text_model.embeddings";
@@ -78,7 +82,10 @@ impl<B: Backend> ClipTextModel<B> {
         let n = ids.len();
         let l = ids.first().map_or(0, Vec::len);
         if n == 0 || l == 0 || ids.iter().any(|r| r.len() != l) || l > self.config.max_position_embeddings {
-            bail!("text encoder input must be {n} non-empty rows of equal length <= {}", self.config.max_position_embeddings);
+            bail!(
+                "text encoder input must be {n} non-empty rows of equal length <= {}",
+                self.config.max_position_embeddings
+            );
         }
         if let Some(&bad) = ids.iter().flatten().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {bad} is outside the text encoder's vocabulary of {}: tokenizer and text_encoder do not match", self.config.vocab_size);

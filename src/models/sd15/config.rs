@@ -15,7 +15,8 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
         bail!("{} is missing: copy it from the model download (every part folder needs its config)", path.display());
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow!("{} is not a valid config ({e}): restore it from the model download", path.display()))
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{} is not a valid config ({e}): restore it from the model download", path.display()))
 }
 
 /// A value that configs give either once for all blocks or per block.
@@ -118,7 +119,12 @@ impl Default for UnetConfig {
             center_input_sample: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: s(&["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
+            down_block_types: s(&[
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]),
             mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
             up_block_types: s(&["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
             only_cross_attention: PerBlock::One(false),
@@ -154,10 +160,13 @@ impl Default for UnetConfig {
 impl UnetConfig {
     /// Fails on options this implementation does not support, naming the key.
     pub fn check_supported(&self) -> Result<()> {
-        let unsupported = |key: &str, val: String| anyhow!("unet/config.json: {key} = {val} is not supported (SD1.5 layout only)");
+        let unsupported =
+            |key: &str, val: String| anyhow!("unet/config.json: {key} = {val} is not supported (SD1.5 layout only)");
         let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(anyhow!("unet/config.json: down_block_types, up_block_types and block_out_channels must have the same length"));
+            return Err(anyhow!(
+                "unet/config.json: down_block_types, up_block_types and block_out_channels must have the same length"
+            ));
         }
         for t in &self.down_block_types {
             if t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
@@ -182,7 +191,11 @@ impl UnetConfig {
             ("dual_cross_attention", self.dual_cross_attention, "true".into()),
             ("class_embed_type", self.class_embed_type.is_some(), format!("{:?}", self.class_embed_type)),
             ("addition_embed_type", self.addition_embed_type.is_some(), format!("{:?}", self.addition_embed_type)),
-            ("resnet_time_scale_shift", self.resnet_time_scale_shift != "default", self.resnet_time_scale_shift.clone()),
+            (
+                "resnet_time_scale_shift",
+                self.resnet_time_scale_shift != "default",
+                self.resnet_time_scale_shift.clone(),
+            ),
             ("time_embedding_type", self.time_embedding_type != "positional", self.time_embedding_type.clone()),
             ("time_embedding_dim", self.time_embedding_dim.is_some(), format!("{:?}", self.time_embedding_dim)),
             ("time_cond_proj_dim", self.time_cond_proj_dim.is_some(), format!("{:?}", self.time_cond_proj_dim)),

@@ -36,7 +36,15 @@ pub struct Conv2d<B: Backend> {
 }
 
 impl<B: Backend> Conv2d<B> {
-    pub fn load(ld: &mut Loader<B>, prefix: &str, inp: usize, out: usize, k: usize, stride: usize, padding: usize) -> Self {
+    pub fn load(
+        ld: &mut Loader<B>,
+        prefix: &str,
+        inp: usize,
+        out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         Self {
             w: ld.tensor(&format!("{prefix}.weight"), [out, inp, k, k]),
             b: ld.tensor(&format!("{prefix}.bias"), [out]),
@@ -193,6 +201,10 @@ impl<B: Backend> ResnetBlock<B> {
             None => x,
         };
         let y = skip + h;
-        if self.out_scale == 1.0 { y } else { y.div_scalar(self.out_scale) }
+        if self.out_scale == 1.0 {
+            y
+        } else {
+            y.div_scalar(self.out_scale)
+        }
     }
 }

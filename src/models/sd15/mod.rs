@@ -79,7 +79,11 @@ fn open_weights(part_dir: &Path, canonical: &str, canon: impl Fn(&str) -> String
 
 /// transformers 5 saves CLIPTextModel keys without the `text_model.` prefix; SD1.5 has it.
 fn text_encoder_key(k: &str) -> String {
-    if k.starts_with("text_model.") { k.to_string() } else { format!("text_model.{k}") }
+    if k.starts_with("text_model.") {
+        k.to_string()
+    } else {
+        format!("text_model.{k}")
+    }
 }
 
 /// Old diffusers VAE attention names (still in many SD1.5 files) -> current ones.
@@ -87,7 +91,10 @@ fn vae_key(k: &str) -> String {
     if !k.contains(".attentions.") {
         return k.to_string();
     }
-    k.replace(".query.", ".to_q.").replace(".key.", ".to_k.").replace(".value.", ".to_v.").replace(".proj_attn.", ".to_out.0.")
+    k.replace(".query.", ".to_q.")
+        .replace(".key.", ".to_k.")
+        .replace(".value.", ".to_v.")
+        .replace(".proj_attn.", ".to_out.0.")
 }
 
 impl<B: Backend> Sd15<B> {
@@ -102,13 +109,19 @@ impl<B: Backend> Sd15<B> {
         }
         for part in PARTS {
             if !dir.join(part).is_dir() {
-                bail!("{}: part folder {part}/ is missing: copy the complete diffusers SD1.5 folder (it needs {})", dir.display(), PARTS.join("/, ") + "/");
+                bail!(
+                    "{}: part folder {part}/ is missing: copy the complete diffusers SD1.5 folder (it needs {})",
+                    dir.display(),
+                    PARTS.join("/, ") + "/"
+                );
             }
         }
         let index_path = dir.join("model_index.json");
         if index_path.exists() {
             let index: ModelIndex = config::read_config(&index_path)?;
-            for (part, class) in [("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL"), ("text_encoder", "CLIPTextModel")] {
+            for (part, class) in
+                [("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL"), ("text_encoder", "CLIPTextModel")]
+            {
                 if let Some(c) = index.part_class(part) {
                     if c != class {
                         bail!("{}: {part} is a {c}, only {class} is supported", index_path.display());
@@ -144,7 +157,11 @@ impl<B: Backend> Sd15<B> {
         ld.finish(opts.strict)?;
 
         if tokenizer.max_len > te_cfg.max_position_embeddings {
-            bail!("tokenizer model_max_length {} exceeds the text encoder's {} positions", tokenizer.max_len, te_cfg.max_position_embeddings);
+            bail!(
+                "tokenizer model_max_length {} exceeds the text encoder's {} positions",
+                tokenizer.max_len,
+                te_cfg.max_position_embeddings
+            );
         }
         if let Some(&ctx) = match &unet_cfg.cross_attention_dim {
             config::PerBlock::One(c) => Some(c),
@@ -214,10 +231,16 @@ impl<B: Backend> Sd15<B> {
 /// The training noise schedule of the scheduler config (SD1.5: scaled_linear).
 fn schedule_from(s: &SchedulerConfig) -> Result<Schedule> {
     if s.prediction_type != "epsilon" {
-        bail!("scheduler/scheduler_config.json: prediction_type = {} is not supported (epsilon only, as SD1.5)", s.prediction_type);
+        bail!(
+            "scheduler/scheduler_config.json: prediction_type = {} is not supported (epsilon only, as SD1.5)",
+            s.prediction_type
+        );
     }
     if s.trained_betas.is_some() || s.beta_schedule != "scaled_linear" {
-        bail!("scheduler/scheduler_config.json: beta_schedule = {} is not supported (scaled_linear only, as SD1.5)", s.beta_schedule);
+        bail!(
+            "scheduler/scheduler_config.json: beta_schedule = {} is not supported (scaled_linear only, as SD1.5)",
+            s.beta_schedule
+        );
     }
     if s.num_train_timesteps < 2 {
         bail!("scheduler/scheduler_config.json: num_train_timesteps must be at least 2");

@@ -56,9 +56,8 @@ fn bytes_to_unicode() -> [char; 256] {
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {}: restore it from the model download", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        anyhow!("{} is not valid JSON ({e}): restore the file from the model download", path.display())
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{} is not valid JSON ({e}): restore the file from the model download", path.display()))
 }
 
 /// A special token entry is either a string or an AddedToken object with `content`.
@@ -78,13 +77,16 @@ impl ClipTokenizer {
             anyhow!("{} is not a token -> id map ({e}): restore the file from the model download", vocab_path.display())
         })?;
         let merges_path = dir.join("merges.txt");
-        let merges = std::fs::read_to_string(&merges_path).with_context(|| {
-            format!("cannot read {}: restore it from the model download", merges_path.display())
-        })?;
+        let merges = std::fs::read_to_string(&merges_path)
+            .with_context(|| format!("cannot read {}: restore it from the model download", merges_path.display()))?;
         let mut ranks = HashMap::new();
         for (i, line) in merges.lines().filter(|l| !l.starts_with("#version") && !l.is_empty()).enumerate() {
             let Some((a, b)) = line.split_once(' ') else {
-                bail!("{}: line {:?} is not a merge 'a b': restore the file from the model download", merges_path.display(), line);
+                bail!(
+                    "{}: line {:?} is not a merge 'a b': restore the file from the model download",
+                    merges_path.display(),
+                    line
+                );
             };
             ranks.entry((a.to_string(), b.to_string())).or_insert(i);
         }

@@ -9,7 +9,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
-use super::layers::{multi_head_attention, upsample_nearest, Conv2d, GroupNorm, LayerNorm, Linear, ResnetBlock, ResnetCfg};
+use super::layers::{
+    multi_head_attention, upsample_nearest, Conv2d, GroupNorm, LayerNorm, Linear, ResnetBlock, ResnetCfg,
+};
 use super::weights::Loader;
 
 /// diffusers' `Attention` without biases on q/k/v; `to_out.0` has one.
@@ -33,7 +35,13 @@ impl<B: Backend> Attention<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, ctx: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = multi_head_attention(self.to_q.forward(x), self.to_k.forward(ctx.clone()), self.to_v.forward(ctx), self.heads, None);
+        let a = multi_head_attention(
+            self.to_q.forward(x),
+            self.to_k.forward(ctx.clone()),
+            self.to_v.forward(ctx),
+            self.heads,
+            None,
+        );
         self.to_out.forward(a)
     }
 }
@@ -153,7 +161,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let ch = &cfg.block_out_channels;
         let nb = ch.len();
         let temb = 4 * ch[0];
-        let rc = ResnetCfg { groups: cfg.norm_num_groups, eps: cfg.norm_eps, temb: Some(temb), out_scale: cfg.resnet_out_scale_factor };
+        let rc = ResnetCfg {
+            groups: cfg.norm_num_groups,
+            eps: cfg.norm_eps,
+            temb: Some(temb),
+            out_scale: cfg.resnet_out_scale_factor,
+        };
         let mut heads = Vec::new();
         let mut ctx = Vec::new();
         let mut tl = Vec::new();
@@ -179,13 +192,28 @@ impl<B: Backend> UNet2DConditionModel<B> {
             let inp = if i == 0 { ch[0] } else { ch[i - 1] };
             let (mut resnets, mut attentions) = (Vec::new(), Vec::new());
             for j in 0..lpb[i] {
-                resnets.push(ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), if j == 0 { inp } else { ch[i] }, ch[i], &rc));
+                resnets.push(ResnetBlock::load(
+                    ld,
+                    &format!("{p}.resnets.{j}"),
+                    if j == 0 { inp } else { ch[i] },
+                    ch[i],
+                    &rc,
+                ));
                 if cross {
-                    attentions.push(Transformer2D::load(ld, &format!("{p}.attentions.{j}"), ch[i], ctx[i], heads[i], tl[i], cfg));
+                    attentions.push(Transformer2D::load(
+                        ld,
+                        &format!("{p}.attentions.{j}"),
+                        ch[i],
+                        ctx[i],
+                        heads[i],
+                        tl[i],
+                        cfg,
+                    ));
                 }
             }
-            let resample = (i + 1 < nb)
-                .then(|| Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), ch[i], ch[i], 3, 2, cfg.downsample_padding));
+            let resample = (i + 1 < nb).then(|| {
+                Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), ch[i], ch[i], 3, 2, cfg.downsample_padding)
+            });
             down_blocks.push(Block { resnets, attentions, resample });
         }
 
@@ -195,7 +223,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
             ResnetBlock::load(ld, "mid_block.resnets.0", c, c, &mid_rc),
             ResnetBlock::load(ld, "mid_block.resnets.1", c, c, &mid_rc),
         ];
-        let mid_attentions = vec![Transformer2D::load(ld, "mid_block.attentions.0", c, ctx[nb - 1], heads[nb - 1], tl[nb - 1], cfg)];
+        let mid_attentions =
+            vec![Transformer2D::load(ld, "mid_block.attentions.0", c, ctx[nb - 1], heads[nb - 1], tl[nb - 1], cfg)];
 
         // Up blocks mirror the down blocks: channels, heads and layer counts reversed.
         let mut up_blocks = Vec::new();
@@ -213,7 +242,15 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 let res_in = if j == 0 { prev } else { out };
                 resnets.push(ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), res_in + res_skip, out, &rc));
                 if cross {
-                    attentions.push(Transformer2D::load(ld, &format!("{p}.attentions.{j}"), out, ctx[r], heads[r], tl[r], cfg));
+                    attentions.push(Transformer2D::load(
+                        ld,
+                        &format!("{p}.attentions.{j}"),
+                        out,
+                        ctx[r],
+                        heads[r],
+                        tl[r],
+                        cfg,
+                    ));
                 }
             }
             let resample = (i + 1 < nb).then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));

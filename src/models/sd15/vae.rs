@@ -37,7 +37,13 @@ impl<B: Backend> VaeAttention<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let t = self.group_norm.forward(x.clone()).reshape([n, c, h * w]).swap_dims(1, 2);
-        let a = multi_head_attention(self.to_q.forward(t.clone()), self.to_k.forward(t.clone()), self.to_v.forward(t), 1, None);
+        let a = multi_head_attention(
+            self.to_q.forward(t.clone()),
+            self.to_k.forward(t.clone()),
+            self.to_v.forward(t),
+            1,
+            None,
+        );
         let out = self.to_out.forward(a).swap_dims(1, 2).reshape([n, c, h, w]);
         out + x
     }
@@ -122,7 +128,8 @@ impl<B: Backend> AutoencoderKL<B> {
             let resnets = (0..lpb)
                 .map(|j| ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), if j == 0 { inp } else { out }, out, &rc))
                 .collect();
-            let resample = (i + 1 < ch.len()).then(|| Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 0));
+            let resample =
+                (i + 1 < ch.len()).then(|| Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 0));
             down_blocks.push(Block { resnets, resample });
         }
         let encoder = Encoder {
@@ -133,7 +140,8 @@ impl<B: Backend> AutoencoderKL<B> {
             conv_out: Conv2d::same(ld, "encoder.conv_out", last, 2 * lat, 3),
         };
         let quant_conv = config.use_quant_conv.then(|| Conv2d::load(ld, "quant_conv", 2 * lat, 2 * lat, 1, 1, 0));
-        let post_quant_conv = config.use_post_quant_conv.then(|| Conv2d::load(ld, "post_quant_conv", lat, lat, 1, 1, 0));
+        let post_quant_conv =
+            config.use_post_quant_conv.then(|| Conv2d::load(ld, "post_quant_conv", lat, lat, 1, 1, 0));
 
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let conv_in = Conv2d::same(ld, "decoder.conv_in", lat, rev[0], 3);
@@ -145,7 +153,8 @@ impl<B: Backend> AutoencoderKL<B> {
             let resnets = (0..=lpb)
                 .map(|j| ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), if j == 0 { inp } else { out }, out, &rc))
                 .collect();
-            let resample = (i + 1 < rev.len()).then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));
+            let resample =
+                (i + 1 < rev.len()).then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));
             up_blocks.push(Block { resnets, resample });
         }
         let decoder = Decoder {

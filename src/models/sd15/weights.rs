@@ -42,10 +42,7 @@ impl WeightFile {
         // every mmap-based loader (safetensors, candle, burn-store).
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
         let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            anyhow!(
-                "{} is truncated or not a safetensors file ({e:?}): download it again",
-                path.display()
-            )
+            anyhow!("{} is truncated or not a safetensors file ({e:?}): download it again", path.display())
         })?;
         let base = 8 + header_len;
         let mut entries = BTreeMap::new();
@@ -203,7 +200,9 @@ impl<B: Backend> Loader<B> {
     /// File keys the model never asked for.
     pub fn unused(&self) -> Vec<String> {
         match &self.source {
-            Source::File(f) => f.entries.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(_, e)| e.key.clone()).collect(),
+            Source::File(f) => {
+                f.entries.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(_, e)| e.key.clone()).collect()
+            }
             _ => Vec::new(),
         }
     }
