@@ -187,6 +187,10 @@ impl<B: Backend> Loader<B> {
         }
     }
 
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// Every tensor asked for so far, with its expected shape.
     pub fn expected(&self) -> &[(String, Vec<usize>)] {
         &self.expected
