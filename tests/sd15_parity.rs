@@ -94,6 +94,7 @@ fn unet_intermediates() {
 fn denoiser_cfg_matches_pipeline() {
     let sd = load();
     let exp = Expected::open("unet_cfg.safetensors");
+    assert_eq!(sd.sample_shape(), [4, 16, 16]);
     let prompt = "a photo of an astronaut riding a horse";
     let x = exp.get::<4>("sample");
     // Through the Denoiser trait: prompts tokenized and encoded here, '' for the None row.
