@@ -1,0 +1,244 @@
+//! Bad input: each broken copy of the tiny folder must fail with one line that names the
+//! file or tensor and says how to fix it, without panicking. Also the key-name quirks and
+//! dtypes real SD1.5 files have must load.
+
+mod sd15_common;
+
+use std::path::{Path, PathBuf};
+
+use ddrep::diffusion::Denoiser;
+use ddrep::models::sd15::{LoadOptions, Sd15};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use sd15_common::{model_dir, B};
+
+/// A fresh copy of the tiny model folder in the temp dir, removed on drop.
+struct TempModel(PathBuf);
+
+impl std::ops::Deref for TempModel {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempModel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_model(tag: &str) -> TempModel {
+    let dst = std::env::temp_dir().join(format!("ddrep-sd15-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    copy_dir(&model_dir(), &dst);
+    TempModel(dst)
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// The load error as one string; panics if loading succeeded.
+fn load_err(dir: &Path) -> String {
+    let msg = match Sd15::<B>::load(dir, &Default::default()) {
+        Ok(_) => panic!("loading {} should have failed", dir.display()),
+        Err(e) => format!("{e:#}"),
+    };
+    println!("{msg}");
+    assert!(!msg.contains('\n'), "error is not one line: {msg}");
+    msg
+}
+
+/// Rewrites a safetensors file; `edit` maps (name, dtype, shape, bytes) to the new entry
+/// or `None` to drop it.
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+fn rewrite(path: &Path, edit: impl Fn(Entry) -> Option<Entry>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let entries: Vec<Entry> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(n, v)| edit((n, v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    let views: Vec<(String, TensorView)> =
+        entries.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
+const VAE: &str = "vae/diffusion_pytorch_model.safetensors";
+const TE: &str = "text_encoder/model.safetensors";
+
+#[test]
+fn missing_folder() {
+    let msg = load_err(Path::new("/nonexistent/sd15"));
+    assert!(msg.contains("/nonexistent/sd15") && msg.contains("no such folder"), "{msg}");
+}
+
+#[test]
+fn missing_part() {
+    let dir = copy_model("nopart");
+    std::fs::remove_dir_all(dir.join("vae")).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("vae/ is missing"), "{msg}");
+}
+
+#[test]
+fn missing_config() {
+    let dir = copy_model("noconfig");
+    std::fs::remove_file(dir.join("unet/config.json")).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("unet/config.json is missing"), "{msg}");
+}
+
+#[test]
+fn missing_weights() {
+    let dir = copy_model("noweights");
+    std::fs::remove_file(dir.join(VAE)).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains(VAE) && msg.contains("missing"), "{msg}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = copy_model("truncated");
+    let p = dir.join(UNET);
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains(UNET) && msg.contains("truncated"), "{msg}");
+}
+
+#[test]
+fn wrong_dtype() {
+    let dir = copy_model("dtype");
+    rewrite(&dir.join(UNET), |(n, d, s, b)| {
+        if n == "conv_in.bias" {
+            let ints: Vec<u8> = f32s(&b).iter().flat_map(|&x| (x as i64).to_le_bytes()).collect();
+            Some((n, Dtype::I64, s, ints))
+        } else {
+            Some((n, d, s, b))
+        }
+    });
+    let msg = load_err(&dir);
+    assert!(msg.contains(UNET) && msg.contains("unet.conv_in.bias: dtype I64") && msg.contains("float16"), "{msg}");
+}
+
+#[test]
+fn wrong_shapes_are_all_reported() {
+    let dir = copy_model("shape");
+    let k = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
+    rewrite(&dir.join(UNET), |(n, d, s, b)| match n.as_str() {
+        // [16, 32] -> [16, 24]: a UNet paired with another text encoder width.
+        _ if n == k => Some((n, d, vec![16, 24], b[..16 * 24 * 4].to_vec())),
+        "conv_out.bias" => Some((n, d, vec![2], b[..8].to_vec())),
+        "mid_block.resnets.0.norm1.weight" => None,
+        _ => Some((n, d, s, b)),
+    });
+    let msg = load_err(&dir);
+    assert!(msg.contains(&format!("unet.{k}: expected [16, 32], found [16, 24]")), "{msg}");
+    assert!(msg.contains("unet.conv_out.bias: expected [4], found [2]"), "{msg}");
+    assert!(msg.contains("unet.mid_block.resnets.0.norm1.weight: missing"), "{msg}");
+    assert!(msg.contains("3 tensor problem(s)"), "{msg}");
+}
+
+#[test]
+fn tokenizer_not_json() {
+    let dir = copy_model("tokjson");
+    std::fs::write(dir.join("tokenizer/vocab.json"), "<html>not found</html>").unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("tokenizer/vocab.json is not valid JSON"), "{msg}");
+}
+
+#[test]
+fn extra_tensor_refused_only_when_strict() {
+    let dir = copy_model("extra");
+    // Append a tensor the model does not use.
+    let p = dir.join(VAE);
+    let bytes = std::fs::read(&p).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = st.tensors();
+    let extra = vec![0u8; 8];
+    views.push(("model_ema.decay".into(), TensorView::new(Dtype::F32, vec![2], &extra).unwrap()));
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&p, out).unwrap();
+
+    assert!(Sd15::<B>::load(dir.as_path(), &Default::default()).is_ok());
+    let err = Sd15::<B>::load_with(dir.as_path(), &Default::default(), LoadOptions { strict: true }).err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("vae.model_ema.decay: not used by the model (--strict)"), "{msg}");
+}
+
+/// Old VAE attention names (query/key/value/proj_attn), transformers-5 text-encoder keys
+/// without `text_model.`, and fp16/bf16 weights all load and give the same model.
+#[test]
+fn legacy_names_and_half_precision_load() {
+    let dir = copy_model("legacy");
+    rewrite(&dir.join(VAE), |(n, d, s, b)| {
+        let n = n
+            .replace(".to_q.", ".query.")
+            .replace(".to_k.", ".key.")
+            .replace(".to_v.", ".value.")
+            .replace(".to_out.0.", ".proj_attn.");
+        Some((n, d, s, b))
+    });
+    rewrite(&dir.join(TE), |(n, d, s, b)| Some((n.trim_start_matches("text_model.").to_string(), d, s, b)));
+    rewrite(&dir.join(UNET), |(n, _, s, b)| {
+        let h: Vec<u8> = f32s(&b).iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        Some((n, Dtype::F16, s, h))
+    });
+    let reference = Sd15::<B>::load(model_dir(), &Default::default()).unwrap();
+    let sd = Sd15::<B>::load_with(dir.as_path(), &Default::default(), LoadOptions { strict: true }).unwrap();
+
+    let z = burn::tensor::Tensor::<B, 4>::random(
+        [1, 4, 4, 4],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
+    sd15_common::check("vae with old attention names", sd.decode(z.clone()), reference.decode(z.clone()), 1e-7);
+    let e = sd.encode_prompts(&["a cat"]).unwrap();
+    sd15_common::check(
+        "text encoder without text_model. prefix",
+        e,
+        reference.encode_prompts(&["a cat"]).unwrap(),
+        1e-7,
+    );
+    // fp16 weights: only rounding of the weights differs.
+    let x = burn::tensor::Tensor::<B, 4>::random(
+        [1, 4, 8, 8],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
+    let a = sd.eps(x.clone(), &[500], &[Some("a cat")]).unwrap();
+    let b = reference.eps(x, &[500], &[Some("a cat")]).unwrap();
+    sd15_common::check("unet from fp16 weights", a, b, 1e-2);
+    assert!(sd.describe().contains("unet="));
+}
+
+/// Weight hashes for run records: the sha256 of the file bytes, the same on a second call.
+#[test]
+fn weight_hashes_are_sha256_of_the_files() {
+    use sha2::{Digest, Sha256};
+    let path = model_dir().join(VAE);
+    let direct = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+    assert_eq!(ddrep::models::sd15::sha256_cached(&path).unwrap(), direct);
+    assert_eq!(ddrep::models::sd15::sha256_cached(&path).unwrap(), direct);
+    let sd = Sd15::<B>::load(model_dir(), &Default::default()).unwrap();
+    let hashes = sd.weight_hashes().unwrap();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.contains(&("vae".to_string(), direct)));
+}
