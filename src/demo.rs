@@ -159,7 +159,7 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
             }
         }
         // Rows: method x caption; columns: seeds.
-        write_grid_png(&out.join(format!("grid_cfg{w}.png")), &grid_rows, [3, 32, 32], a.seeds)?;
+        write_grid_png(&out.join(format!("grid_cfg{w}.png")), &grid_rows, [3, 32, 32], a.seeds, 3)?;
     }
     write_atomic(&out.join("metrics.csv"), per_image.as_bytes())?;
     write_atomic(&out.join("summary.csv"), summary.as_bytes())?;

@@ -80,9 +80,12 @@ pub fn write_png(path: &Path, chw: &[f32], shape: [usize; 3]) -> Result<()> {
     write_atomic(path, &png_bytes(chw, shape)?)
 }
 
-/// Tiles `[C, H, W]` images into a grid of `rows x cols` with a 2-pixel gap, as one PNG.
-pub fn write_grid_png(path: &Path, images: &[Vec<f32>], shape: [usize; 3], cols: usize) -> Result<()> {
-    let [c, h, w] = shape;
+/// Tiles `[C, H, W]` images into a grid with `cols` columns and a 2-pixel gap, each image
+/// enlarged `zoom` times (nearest neighbour), as one PNG.
+pub fn write_grid_png(path: &Path, images: &[Vec<f32>], shape: [usize; 3], cols: usize, zoom: usize) -> Result<()> {
+    let [c, h0, w0] = shape;
+    let zoom = zoom.max(1);
+    let (h, w) = (h0 * zoom, w0 * zoom);
     let cols = cols.max(1);
     let rows = images.len().div_ceil(cols);
     let gap = 2;
@@ -94,7 +97,8 @@ pub fn write_grid_png(path: &Path, images: &[Vec<f32>], shape: [usize; 3], cols:
             let src = if c >= 3 { ch } else { 0 };
             for y in 0..h {
                 for x in 0..w {
-                    canvas[ch * gh * gw + (gap + r * (h + gap) + y) * gw + gap + col * (w + gap) + x] = img[src * h * w + y * w + x];
+                    canvas[ch * gh * gw + (gap + r * (h + gap) + y) * gw + gap + col * (w + gap) + x] =
+                        img[src * h0 * w0 + (y / zoom) * w0 + x / zoom];
                 }
             }
         }
