@@ -7,6 +7,17 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::schedule::{Level, Schedule};
 
+/// Checks the settings every DDIM chain shares: at least one step, `eta` in [0, 1].
+pub fn check_ddim_settings(steps: usize, eta: f64) -> anyhow::Result<()> {
+    if steps == 0 {
+        anyhow::bail!("steps must be at least 1");
+    }
+    if !(eta.is_finite() && (0.0..=1.0).contains(&eta)) {
+        anyhow::bail!("eta must be in [0, 1], got {eta}");
+    }
+    Ok(())
+}
+
 /// Scalars of one DDIM transition from level `from` (sigma) to the less noisy `to` (sigma').
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DdimCoeffs {

@@ -1,7 +1,7 @@
 //! DDRep (paper Alg. 1): the PF-ODE pulled back to diffrep parameters, discretised as DDIM
 //! with separated noise, each step solved as least squares, with optional RePaint jumps.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +9,7 @@ use super::solver::{fit, residual_rms, SolverConfig};
 use super::{MethodOutput, StepDiagnostic};
 use crate::diffrep::Diffrep;
 use crate::diffusion::{
-    chain_moves, repaint_forward, separated_noise, DdimCoeffs, Denoiser, GuidedDenoiser, Level, Move, RepaintConfig,
+    chain_moves, check_ddim_settings, repaint_forward, separated_noise, DdimCoeffs, Denoiser, GuidedDenoiser, Level, Move, RepaintConfig,
 };
 use crate::noise::NoiseSource;
 use crate::tensor_util::ensure_finite;
@@ -62,12 +62,7 @@ impl Default for DdrepConfig {
 
 impl DdrepConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 {
-            bail!("steps must be at least 1");
-        }
-        if !(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta)) {
-            bail!("eta must be in [0, 1], got {}", self.eta);
-        }
+        check_ddim_settings(self.steps, self.eta)?;
         self.solver.validate()
     }
 }

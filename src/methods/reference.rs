@@ -1,11 +1,11 @@
 //! The reference sampler: plain DDIM in image space (what Table 1 compares DDRep against).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::{MethodOutput, StepDiagnostic};
-use crate::diffusion::{ddim_step, DdimCoeffs, Denoiser, GuidedDenoiser, Level};
+use crate::diffusion::{check_ddim_settings, ddim_step, DdimCoeffs, Denoiser, GuidedDenoiser, Level};
 use crate::noise::NoiseSource;
 use crate::tensor_util::ensure_finite;
 
@@ -46,12 +46,7 @@ pub fn reference<B: Backend, D: Denoiser<B> + ?Sized>(
     noise: &mut dyn NoiseSource<B>,
     device: &B::Device,
 ) -> Result<MethodOutput<B, ()>> {
-    if cfg.steps == 0 {
-        bail!("steps must be at least 1");
-    }
-    if !(cfg.eta.is_finite() && (0.0..=1.0).contains(&cfg.eta)) {
-        bail!("eta must be in [0, 1], got {}", cfg.eta);
-    }
+    check_ddim_settings(cfg.steps, cfg.eta)?;
     let schedule = den.schedule().clone();
     let levels = schedule.ddim_levels(cfg.steps, cfg.steps_offset)?;
     let [c, h, w] = den.model().sample_shape();
