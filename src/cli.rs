@@ -28,6 +28,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Benchmarks; `ddrep bench siren` times Adam steps of 8 paper-size SIRENs.
     Bench(crate::bench::BenchArgs),
+    /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
+    Compare(crate::report::compare::CompareArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -248,5 +250,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample(&a),
         Command::Demo(a) => crate::demo::demo(&a),
         Command::Bench(a) => crate::bench::bench(&a),
+        Command::Compare(a) => crate::report::compare::compare(&a),
     }
 }

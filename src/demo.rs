@@ -13,7 +13,7 @@ use crate::diffrep::SirenConfig;
 use crate::diffusion::{CfgConvention, Denoiser, Guidance};
 use crate::io::{ensure_out_dir, write_atomic, write_grid_png, write_json, write_png, CRATE_VERSION, GIT_COMMIT};
 use crate::methods::{run_method, DdrepConfig, DiffrepSpec, MethodSpec, ReferenceConfig, SjcConfig, SolverConfig};
-use crate::metrics;
+use crate::metrics::{self, mean_std};
 use crate::models::{AnalyticConfig, AnalyticPrior};
 
 /// Captions written for the demo; each keys one component of the analytic mixture.
@@ -82,13 +82,6 @@ pub fn mean_pairwise_rms(images: &[&Vec<f32>]) -> f64 {
     if k == 0 { 0.0 } else { s / k as f64 }
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (m, var.sqrt())
-}
-
 pub fn demo(a: &DemoArgs) -> Result<()> {
     let settings = DemoSettings::default();
     let out = ensure_out_dir(&a.out)?;
@@ -147,8 +140,8 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
                     .collect::<Vec<_>>(),
             )
             .0;
-            let (pm, ps) = if psnrs.is_empty() { (f64::NAN, f64::NAN) } else { mean_std(&psnrs) };
-            let (sm, ss) = if ssims.is_empty() { (f64::NAN, f64::NAN) } else { mean_std(&ssims) };
+            // Population std, as numpy's default (the paper's tables).
+            let ((pm, ps), (sm, ss)) = (mean_std(&psnrs), mean_std(&ssims));
             writeln!(summary, "{name},{w},{pm:.4},{ps:.4},{sm:.5},{ss:.5},{diversity:.5},{},{:.2}", res.nfe, res.seconds)?;
             let vs = if psnrs.is_empty() { "(the reference)".to_string() } else { format!("PSNR {pm:6.2} ± {ps:5.2} dB  SSIM {sm:.3} ± {ss:.3}") };
             println!("  cfg {w:>4}  {name:<9}  {vs:<38}  diversity {diversity:.4}  {:>4} NFEs  {:6.1} s", res.nfe, res.seconds);

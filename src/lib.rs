@@ -15,3 +15,4 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod io;
+pub mod report;

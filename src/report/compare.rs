@@ -1,0 +1,165 @@
+//! `ddrep compare A B`: PSNR / SSIM / LPIPS (paired by file name) and KID (set against set)
+//! for two images or two folders of images, like torch-fidelity's `fidelity` command.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::backend::Cpu;
+use crate::metrics::{self, mean_std, ImageBatch, InceptionV3, KidConfig, Lpips, ResizeMode, SsimConfig};
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// An image, or a folder of PNG/JPEG images.
+    pub a: PathBuf,
+    /// The image or folder to compare with (per-image metrics pair files by name).
+    pub b: PathBuf,
+    /// Metrics: psnr, ssim, lpips, kid.
+    #[arg(long, default_value = "psnr,ssim", value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// LPIPS trunk: torchvision AlexNet `features.*` weights as safetensors.
+    #[arg(long, env = "DDREP_LPIPS_TRUNK")]
+    pub lpips_trunk: Option<PathBuf>,
+    /// LPIPS v0.1 linear heads: lpips' `weights/v0.1/alex.pth` (or a safetensors copy).
+    #[arg(long, env = "DDREP_LPIPS_HEADS")]
+    pub lpips_heads: Option<PathBuf>,
+    /// FID-variant Inception-v3 weights (`pt_inception-2015-12-05`) as safetensors, for KID.
+    #[arg(long, env = "DDREP_INCEPTION")]
+    pub inception: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    /// Capped at the smaller set's size.
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub kid_seed: u64,
+}
+
+/// An RGB image: `[3, H, W]` in [0, 1] and its 8-bit pixels.
+struct Loaded {
+    unit: Vec<f32>,
+    bytes: Vec<u8>,
+    shape: [usize; 3],
+}
+
+fn load(path: &Path) -> Result<Loaded> {
+    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = img.into_raw();
+    let mut bytes = vec![0u8; raw.len()];
+    for (i, px) in raw.chunks(3).enumerate() {
+        for c in 0..3 {
+            bytes[c * h * w + i] = px[c];
+        }
+    }
+    Ok(Loaded { unit: bytes.iter().map(|&b| b as f32 / 255.0).collect(), bytes, shape: [3, h, w] })
+}
+
+/// The images of a file or folder, by file name.
+fn list(path: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    if path.is_file() {
+        out.insert(path.file_name().unwrap_or_default().to_string_lossy().into_owned(), path.to_path_buf());
+    } else if path.is_dir() {
+        for e in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
+            let p = e?.path();
+            let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if p.is_file() && ["png", "jpg", "jpeg"].contains(&ext.as_str()) {
+                out.insert(p.file_name().unwrap_or_default().to_string_lossy().into_owned(), p);
+            }
+        }
+    } else {
+        bail!("{} does not exist", path.display());
+    }
+    if out.is_empty() {
+        bail!("{} holds no PNG or JPEG images", path.display());
+    }
+    Ok(out)
+}
+
+pub fn compare(a: &CompareArgs) -> Result<()> {
+    for m in &a.metrics {
+        if !["psnr", "ssim", "lpips", "kid"].contains(&m.as_str()) {
+            bail!("unknown metric '{m}' (expected psnr, ssim, lpips, kid)");
+        }
+    }
+    let want = |m: &str| a.metrics.iter().any(|x| x == m);
+    let (la, lb) = (list(&a.a)?, list(&a.b)?);
+    // Two single files pair with each other whatever their names.
+    let pairs: Vec<(PathBuf, PathBuf)> = if a.a.is_file() && a.b.is_file() {
+        vec![(a.a.clone(), a.b.clone())]
+    } else {
+        la.iter().filter_map(|(n, p)| lb.get(n).map(|q| (p.clone(), q.clone()))).collect()
+    };
+    let device = Default::default();
+    println!("| metric | mean ± std | n |\n|---|---|---|");
+    let per_image = ["psnr", "ssim", "lpips"].iter().any(|m| want(m));
+    if per_image && pairs.is_empty() {
+        bail!("no image names in common between {} and {}: per-image metrics pair files by name", a.a.display(), a.b.display());
+    }
+    let lpips = if want("lpips") {
+        match (&a.lpips_trunk, &a.lpips_heads) {
+            (Some(t), Some(h)) => Some(Lpips::<Cpu>::from_files(t, h, &device)?),
+            _ => {
+                println!("| lpips | unavailable: give --lpips-trunk (torchvision AlexNet `features.*` as safetensors) and --lpips-heads (lpips' weights/v0.1/alex.pth) | - |");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if per_image {
+        let (mut ps, mut ss, mut ls) = (Vec::new(), Vec::new(), Vec::new());
+        for (pa, pb) in &pairs {
+            let (x, y) = (load(pa)?, load(pb)?);
+            if x.shape != y.shape {
+                bail!("{} is {:?} but {} is {:?}: paired images must have the same size", pa.display(), x.shape, pb.display(), y.shape);
+            }
+            let what = pa.display().to_string();
+            let (ix, iy) = (ImageBatch::single(&what, &x.unit, x.shape)?, ImageBatch::single(&what, &y.unit, y.shape)?);
+            if want("psnr") {
+                ps.push(metrics::psnr(&ix, &iy, 1.0)?);
+            }
+            if want("ssim") {
+                ss.push(metrics::ssim(&ix, &iy, &SsimConfig::default())?);
+            }
+            if let Some(l) = &lpips {
+                ls.push(l.distance(&ix, &iy, true, &device)?.distance[0] as f64);
+            }
+        }
+        for (name, v) in [("psnr", &ps), ("ssim", &ss), ("lpips", &ls)] {
+            if !v.is_empty() {
+                let (m, s) = mean_std(v);
+                println!("| {name} | {m:.4} ± {s:.4} | {} |", v.len());
+            }
+        }
+        let unpaired = la.len().max(lb.len()) - pairs.len();
+        if unpaired > 0 {
+            println!("\n{unpaired} image(s) had no partner of the same name and were left out of the per-image metrics");
+        }
+    }
+    if want("kid") {
+        match &a.inception {
+            None => println!("| kid | unavailable: give --inception (FID Inception-v3 weights as safetensors) | - |"),
+            Some(w) => {
+                let net = InceptionV3::<Cpu>::from_file(w, &device)?;
+                let feats = |set: &BTreeMap<String, PathBuf>| -> Result<metrics::FeatureMatrix> {
+                    let imgs: Vec<Loaded> = set.values().map(|p| load(p)).collect::<Result<_>>()?;
+                    let shape = imgs[0].shape;
+                    if let Some((n, _)) = set.iter().zip(&imgs).find(|(_, i)| i.shape != shape) {
+                        bail!("{} has a different size from the rest of its set: KID batches need one size", n.1.display());
+                    }
+                    let bytes: Vec<u8> = imgs.iter().flat_map(|i| i.bytes.iter().cloned()).collect();
+                    Ok(net.pool_features(&bytes, [imgs.len(), 3, shape[1], shape[2]], ResizeMode::Torchmetrics, 16, &device)?)
+                };
+                let (fa, fb) = (feats(&la)?, feats(&lb)?);
+                let cfg = KidConfig { subsets: a.kid_subsets, subset_size: a.kid_subset_size.min(fa.rows()).min(fb.rows()), seed: a.kid_seed, ..Default::default() };
+                let r = metrics::kid(&fb, &fa, &cfg)?;
+                println!("| kid | {:.6} ± {:.6} | {} vs {} (subsets {} of {}) |", r.mean, r.std, la.len(), lb.len(), cfg.subsets, cfg.subset_size);
+            }
+        }
+    }
+    Ok(())
+}

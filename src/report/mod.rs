@@ -1,0 +1,3 @@
+//! Reports on finished samples: `ddrep compare` for images from anywhere.
+
+pub mod compare;
