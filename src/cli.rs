@@ -26,6 +26,10 @@ pub enum Command {
     Sample(SampleArgs),
     /// Run the Table-1-shaped demo grid on the embedded analytic prior (CPU, minutes).
     Demo(crate::demo::DemoArgs),
+    /// Run (or resume) the grid of an experiment YAML file into its content-addressed store.
+    Run(crate::experiment::RunArgs),
+    /// Done / pending / failed cells of an experiment YAML file.
+    Status(crate::experiment::StatusArgs),
     /// Benchmarks; `ddrep bench siren` times Adam steps of 8 paper-size SIRENs.
     Bench(crate::bench::BenchArgs),
 }
@@ -248,5 +252,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample(&a),
         Command::Demo(a) => crate::demo::demo(&a),
         Command::Bench(a) => crate::bench::bench(&a),
+        Command::Run(a) => crate::experiment::run(&a),
+        Command::Status(a) => crate::experiment::status(&a),
     }
 }

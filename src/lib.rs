@@ -14,4 +14,5 @@ pub mod tensor_util;
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod experiment;
 pub mod io;
