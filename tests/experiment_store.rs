@@ -95,8 +95,9 @@ fn kill_9_at_random_moments_then_resume_gives_identical_cells() {
     let (mut kills, mut interrupted) = (0, 0);
     while kills < 12 {
         let mut child = ddrep(&["run", file.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        // Early moments are weighted so that kills land before the grid is finished.
-        let at = full.mul_f64(rng.random_range(0.0..0.6));
+        // Each run gets a random slice of the full run's time, so twelve kills spread over the
+        // grid (start-up, mid-cell, between cells) before it finishes.
+        let at = full.mul_f64(rng.random_range(0.01..0.15));
         std::thread::sleep(at);
         if child.try_wait().unwrap().is_none() {
             interrupted += 1;

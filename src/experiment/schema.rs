@@ -237,18 +237,18 @@ impl<'de> Deserialize<'de> for Seeds {
 
 fn check_seeds(v: Vec<u64>) -> Result<Seeds, String> {
     if v.is_empty() {
-        return Err("seeds: the list is empty; give at least one seed".into());
+        return Err("the list is empty; give at least one seed".into());
     }
     let set: BTreeSet<_> = v.iter().collect();
     if set.len() != v.len() {
-        return Err(format!("seeds: {v:?} lists a seed twice"));
+        return Err(format!("{v:?} lists a seed twice"));
     }
     Ok(Seeds(v))
 }
 
 /// `"a..b"` (b excluded) or `"a..=b"`.
 fn parse_range(s: &str) -> Result<Seeds, String> {
-    let bad = || format!("seeds: bad range \"{s}\"; expected \"START..END\" (END excluded) or \"START..=LAST\" with START <= END, e.g. \"0..4\"");
+    let bad = || format!("bad range \"{s}\"; expected \"START..END\" (END excluded) or \"START..=LAST\" with START <= END, e.g. \"0..4\"");
     let (a, b, incl) = if let Some((a, b)) = s.split_once("..=") {
         (a, b, true)
     } else if let Some((a, b)) = s.split_once("..") {
@@ -259,10 +259,10 @@ fn parse_range(s: &str) -> Result<Seeds, String> {
     let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
     let end = if incl { b.checked_add(1).ok_or_else(bad)? } else { b };
     if end <= a {
-        return Err(format!("seeds: range \"{s}\" is empty; END must exceed START"));
+        return Err(format!("range \"{s}\" is empty; END must exceed START"));
     }
     if end - a > 1_000_000 {
-        return Err(format!("seeds: range \"{s}\" has {} seeds; at most 1000000", end - a));
+        return Err(format!("range \"{s}\" has {} seeds; at most 1000000", end - a));
     }
     check_seeds((a..end).collect())
 }
@@ -393,14 +393,38 @@ fn located(path: &Path, text: &str, e: &serde_norway::Error) -> anyhow::Error {
         Some(l) => {
             let suffix = format!(" at line {} column {}", l.line(), l.column());
             let mut m = msg.replacen(&suffix, "", 1);
-            let line = text.lines().nth(l.line().saturating_sub(1)).unwrap_or("");
+            let (mut line_no, mut col) = (l.line(), l.column());
+            // Checks run on a whole list report the enclosing mapping's start; point at the key.
+            if let Some(key) = leading_key(&m) {
+                let starts: Vec<usize> = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, t)| t.strip_prefix(key.as_str()).is_some_and(|r| r.trim_start().starts_with(':')))
+                    .map(|(i, _)| i + 1)
+                    .collect();
+                let pick = if m.starts_with("duplicate field") { starts.get(1) } else { starts.first() };
+                if let Some(&n) = pick.filter(|&&n| n > line_no) {
+                    (line_no, col) = (n, 1);
+                }
+            }
+            let line = text.lines().nth(line_no.saturating_sub(1)).unwrap_or("");
             if line.contains('\t') {
                 m.push_str(" (this line has a tab: YAML indents with spaces only)");
             }
-            anyhow::anyhow!("{}:{}:{}: {}", path.display(), l.line(), l.column(), m)
+            anyhow::anyhow!("{}:{}:{}: {}", path.display(), line_no, col, m)
         }
         None => anyhow::anyhow!("{}: {}", path.display(), msg),
     }
+}
+
+/// The top-level key a message is about: `cfg: ..`, `methods[1]: ..`, "duplicate field `cfg`".
+fn leading_key(m: &str) -> Option<String> {
+    if let Some(r) = m.strip_prefix("duplicate field `") {
+        return r.split('`').next().map(str::to_string);
+    }
+    let k: String = m.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+    let rest = &m[k.len()..];
+    (!k.is_empty() && (rest.starts_with(':') || rest.starts_with('[') || rest.starts_with('.'))).then_some(k)
 }
 
 /// Reads, checks and returns an experiment file with `overrides` (`key.sub=value`) applied
@@ -425,7 +449,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<ExperimentFile> {
 
 /// `load` on text already read; `path` only names the file in messages.
 pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<ExperimentFile> {
-    if text.trim().is_empty() {
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
         bail!("{}: the file is empty; an experiment needs name, model, methods, diffrep, cfg, seeds and captions", path.display());
     }
     // The file as written, for errors with line and column.
