@@ -30,6 +30,8 @@ pub enum Command {
     Run(crate::experiment::RunArgs),
     /// Done / pending / failed cells of an experiment YAML file.
     Status(crate::experiment::StatusArgs),
+    /// Write an sbatch job-array script whose tasks are the shards of an experiment.
+    Slurm(crate::experiment::SlurmArgs),
     /// Benchmarks; `ddrep bench siren` times Adam steps of 8 paper-size SIRENs.
     Bench(crate::bench::BenchArgs),
 }
@@ -254,5 +256,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::bench(&a),
         Command::Run(a) => crate::experiment::run(&a),
         Command::Status(a) => crate::experiment::status(&a),
+        Command::Slurm(a) => crate::experiment::slurm(&a),
     }
 }

@@ -175,3 +175,20 @@ fn concurrent_shards_make_exactly_the_cells_of_one_run() {
         assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("another `ddrep run`"), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+#[test]
+fn slurm_script_runs_the_shards() {
+    let d = tmp("slurm");
+    let file = tiny(&d);
+    let out = d.join("job.sbatch");
+    let o = ddrep(&["slurm", file.to_str().unwrap(), "--array", "4", "--sbatch=--time=00:10:00", "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = std::fs::read_to_string(&out).unwrap();
+    assert!(s.contains("#SBATCH --array=0-3") && s.contains("#SBATCH --time=00:10:00") && s.contains("--shard \"${SLURM_ARRAY_TASK_ID}/4\""), "{s}");
+    // The script's tasks, run here one after another as Slurm would run them, give the grid.
+    for i in 0..4 {
+        let o = Command::new("bash").arg(&out).env("SLURM_ARRAY_TASK_ID", i.to_string()).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(cells(&d).len(), TINY_CELLS);
+}

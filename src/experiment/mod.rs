@@ -52,6 +52,51 @@ pub struct StatusArgs {
     pub overrides: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct SlurmArgs {
+    pub file: PathBuf,
+    pub overrides: Vec<String>,
+    /// Number of array tasks (shards).
+    #[arg(long)]
+    pub array: usize,
+    /// Extra `#SBATCH` options, e.g. `--sbatch=--partition=gpu --sbatch=--gres=gpu:1`.
+    #[arg(long = "sbatch", allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// Where to write the script (default: `<results>/<name>/slurm.sbatch`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Writes an sbatch job-array script: task `i` runs `ddrep run FILE --shard i/N`.
+pub fn slurm(a: &SlurmArgs) -> Result<()> {
+    if a.array == 0 {
+        bail!("--array must be at least 1");
+    }
+    let p = plan(&a.file, &a.overrides)?;
+    let exe = std::env::current_exe().context("cannot find the ddrep executable")?;
+    let file = std::fs::canonicalize(&a.file)?;
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut script = format!("#!/bin/bash\n#SBATCH --job-name=ddrep-{}\n#SBATCH --array=0-{}\n", p.file.name, a.array - 1);
+    for o in &a.sbatch {
+        script.push_str(&format!("#SBATCH {o}\n"));
+    }
+    let overrides: Vec<String> = a.overrides.iter().map(|o| q(o)).collect();
+    script.push_str(&format!(
+        "set -euo pipefail\nexec {} run {} {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
+        q(&exe.to_string_lossy()),
+        q(&file.to_string_lossy()),
+        overrides.join(" "),
+        a.array
+    ));
+    let out = a.out.clone().unwrap_or_else(|| p.root.join("slurm.sbatch"));
+    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    crate::io::write_atomic(&out, script.as_bytes())?;
+    println!("{}: {} cells in {} array tasks -> {} (submit with: sbatch {})", p.file.name, p.cells.len(), a.array, out.display(), out.display());
+    Ok(())
+}
+
 /// The model as it enters cell keys.
 #[derive(Clone, Debug)]
 pub enum ResolvedModel {
