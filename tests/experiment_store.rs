@@ -192,3 +192,19 @@ fn slurm_script_runs_the_shards() {
     }
     assert_eq!(cells(&d).len(), TINY_CELLS);
 }
+
+#[test]
+fn a_failed_cell_is_recorded_the_grid_goes_on_and_the_exit_status_is_nonzero() {
+    let d = tmp("fail");
+    let file = d.join("fail.yaml");
+    // SJC at an absurd learning rate diverges: those cells fail, the references complete.
+    let yaml = TINY.replace("iters: 12", "iters: 20\n    lr: 1.0e+30").replace("seeds: \"0..4\"", "seeds: \"0..2\"");
+    std::fs::write(&file, format!("{yaml}outputs: {{dir: {}}}\n", d.join("results").display())).unwrap();
+    let o = ddrep(&["run", file.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("8 of 24 cells failed"), "{err}");
+    assert_eq!(cells(&d).len(), 16, "the other cells completed");
+    assert_eq!(std::fs::read_dir(d.join("results/tiny/failed")).unwrap().count(), 8);
+    let st = stdout(&ddrep(&["status", file.to_str().unwrap()]).output().unwrap());
+    assert!(st.contains("16 done, 0 pending, 8 failed"), "{st}");
+}
