@@ -24,3 +24,11 @@ fixtures:
     python3 tools/fixtures/ddim/make_ddim_fixtures.py
     python3 tools/fixtures/sd15_tiny/make_fixtures.py
     python3 tools/fixtures/metrics/make_fixtures.py
+
+# Run (or resume) an experiment grid, e.g. `just run experiments/demo_table1.yaml cfg=[3]`.
+run FILE *OVERRIDES:
+    cargo run --release -- run {{FILE}} {{OVERRIDES}}
+
+# Done / pending / failed cells of an experiment.
+status FILE:
+    cargo run --release -- status {{FILE}}

@@ -26,6 +26,12 @@ pub enum Command {
     Sample(SampleArgs),
     /// Run the Table-1-shaped demo grid on the embedded analytic prior (CPU, minutes).
     Demo(crate::demo::DemoArgs),
+    /// Run (or resume) the grid of an experiment YAML file into its content-addressed store.
+    Run(crate::experiment::RunArgs),
+    /// Done / pending / failed cells of an experiment YAML file.
+    Status(crate::experiment::StatusArgs),
+    /// Write an sbatch job-array script whose tasks are the shards of an experiment.
+    Slurm(crate::experiment::SlurmArgs),
     /// Benchmarks; `ddrep bench siren` times Adam steps of 8 paper-size SIRENs.
     Bench(crate::bench::BenchArgs),
     /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
@@ -251,5 +257,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => crate::demo::demo(&a),
         Command::Bench(a) => crate::bench::bench(&a),
         Command::Compare(a) => crate::report::compare::compare(&a),
+        Command::Run(a) => crate::experiment::run(&a),
+        Command::Status(a) => crate::experiment::status(&a),
+        Command::Slurm(a) => crate::experiment::slurm(&a),
     }
 }

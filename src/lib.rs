@@ -14,5 +14,6 @@ pub mod tensor_util;
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod experiment;
 pub mod io;
 pub mod report;

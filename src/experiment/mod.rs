@@ -1,0 +1,481 @@
+//! The experiment harness: a YAML grid (`schema`), its captions (`captions`), a
+//! content-addressed resumable store of cells (`store`), and `ddrep run` / `ddrep status`.
+//!
+//! A cell is one sample: (method entry, CFG scale, caption, seed). Each cell runs alone
+//! (`run_method` with one prompt and one seed), so its bytes never depend on which other
+//! cells ran in the same process, were cached, or belong to another shard.
+
+pub mod captions;
+pub mod schema;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use serde_json::json;
+
+use crate::diffrep::NamedTensor;
+use crate::diffusion::{Denoiser, Guidance};
+use crate::io::{png_bytes, CRATE_VERSION, GIT_COMMIT};
+use crate::methods::{run_method, MethodSpec};
+use crate::models::{AnalyticConfig, AnalyticPrior};
+use captions::Caption;
+use schema::{DeviceKind, ExperimentFile, ModelSpec};
+use store::{cell_id, CellLock, Store};
+
+/// Version of the cell layout; part of every key.
+pub const STORE_FORMAT: u32 = 1;
+pub const SD15_ENV: &str = "DDREP_SD15";
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Experiment YAML file.
+    pub file: PathBuf,
+    /// Overrides KEY=VALUE (`cfg=[0,3]`, `methods.1.iters=500`, `outputs.dir=/tmp/r`).
+    pub overrides: Vec<String>,
+    /// Print the cell count, how many are cached and the NFEs left; compute nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run shard I of N (0-based): cell k of the grid belongs to shard k mod N.
+    #[arg(long)]
+    pub shard: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    pub file: PathBuf,
+    pub overrides: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SlurmArgs {
+    pub file: PathBuf,
+    pub overrides: Vec<String>,
+    /// Number of array tasks (shards).
+    #[arg(long)]
+    pub array: usize,
+    /// Extra `#SBATCH` options, e.g. `--sbatch=--partition=gpu --sbatch=--gres=gpu:1`.
+    #[arg(long = "sbatch", allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// Where to write the script (default: `<results>/<name>/slurm.sbatch`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Writes an sbatch job-array script: task `i` runs `ddrep run FILE --shard i/N`.
+pub fn slurm(a: &SlurmArgs) -> Result<()> {
+    if a.array == 0 {
+        bail!("--array must be at least 1");
+    }
+    let p = plan(&a.file, &a.overrides)?;
+    let exe = std::env::current_exe().context("cannot find the ddrep executable")?;
+    let file = std::fs::canonicalize(&a.file)?;
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut script = format!("#!/bin/bash\n#SBATCH --job-name=ddrep-{}\n#SBATCH --array=0-{}\n", p.file.name, a.array - 1);
+    for o in &a.sbatch {
+        script.push_str(&format!("#SBATCH {o}\n"));
+    }
+    let overrides: Vec<String> = a.overrides.iter().map(|o| q(o)).collect();
+    script.push_str(&format!(
+        "set -euo pipefail\nexec {} run {} {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
+        q(&exe.to_string_lossy()),
+        q(&file.to_string_lossy()),
+        overrides.join(" "),
+        a.array
+    ));
+    let out = a.out.clone().unwrap_or_else(|| p.root.join("slurm.sbatch"));
+    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    crate::io::write_atomic(&out, script.as_bytes())?;
+    println!("{}: {} cells in {} array tasks -> {} (submit with: sbatch {})", p.file.name, p.cells.len(), a.array, out.display(), out.display());
+    Ok(())
+}
+
+/// The model as it enters cell keys.
+#[derive(Clone, Debug)]
+pub enum ResolvedModel {
+    Analytic(AnalyticConfig),
+    Sd15 { dir: PathBuf, hashes: BTreeMap<String, String> },
+}
+
+impl ResolvedModel {
+    fn key(&self) -> serde_json::Value {
+        match self {
+            ResolvedModel::Analytic(c) => json!({ "analytic": c }),
+            ResolvedModel::Sd15 { hashes, .. } => json!({ "sd15": { "sha256": hashes } }),
+        }
+    }
+}
+
+/// One cell of the grid.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub id: String,
+    /// Position in the grid (for sharding).
+    pub index: usize,
+    pub label: String,
+    pub method: MethodSpec,
+    pub cfg: f64,
+    /// The grid seed; the run uses `seed + seed_offset`.
+    pub seed: u64,
+    pub run_seed: u64,
+    pub caption: Caption,
+    pub caption_index: usize,
+    pub key: serde_json::Value,
+}
+
+pub struct Plan {
+    pub file: ExperimentFile,
+    pub root: PathBuf,
+    pub model: ResolvedModel,
+    pub cells: Vec<Cell>,
+}
+
+/// The files of a diffusers SD1.5 folder that determine its outputs, hashed (cached).
+fn sd15_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for part in ["text_encoder", "unet", "vae", "tokenizer", "scheduler"] {
+        let pd = dir.join(part);
+        if !pd.is_dir() {
+            bail!("{}: part folder {part}/ is missing: pass a complete diffusers SD1.5 folder", dir.display());
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&pd)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors" || e == "json" || e == "txt"))
+            .collect();
+        files.sort();
+        for f in files {
+            let h = crate::models::sd15::sha256_cached(&f)?;
+            out.insert(format!("{part}/{}", f.file_name().unwrap().to_string_lossy()), h);
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_model(file: &ExperimentFile, caps: &[Caption]) -> Result<ResolvedModel> {
+    Ok(match &file.model {
+        ModelSpec::Analytic(c) => {
+            let mut c = c.clone();
+            if c.captions.is_empty() {
+                c.captions = caps.iter().map(|c| c.text.clone()).collect();
+            }
+            AnalyticPrior::new(c.clone())?;
+            ResolvedModel::Analytic(c)
+        }
+        ModelSpec::Sd15(s) => {
+            let how = "a diffusers-format Stable Diffusion 1.5 folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/), e.g. from `huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir DIR`";
+            let dir = match &s.weights {
+                Some(d) => d.clone(),
+                None => match std::env::var_os(SD15_ENV) {
+                    Some(d) if !d.is_empty() => PathBuf::from(d),
+                    _ => bail!("model sd15 needs its weights: set model.weights or {SD15_ENV} to {how}"),
+                },
+            };
+            if !dir.is_dir() {
+                bail!("SD1.5 weights folder {} does not exist: it must be {how}", dir.display());
+            }
+            ResolvedModel::Sd15 { hashes: sd15_hashes(&dir)?, dir }
+        }
+    })
+}
+
+/// Parses the file, resolves captions and the model, and expands the grid.
+pub fn plan(path: &Path, overrides: &[String]) -> Result<Plan> {
+    let file = schema::load(path, overrides)?;
+    let caps = captions::resolve(&file.captions).with_context(|| format!("{}: captions", path.display()))?;
+    let model = resolve_model(&file, &caps).with_context(|| format!("{}: model", path.display()))?;
+    let model_key = model.key();
+    let diffrep = serde_json::to_value(&file.diffrep)?;
+    let device = match file.device {
+        DeviceKind::Cpu => "cpu",
+        DeviceKind::Cuda => "cuda",
+    };
+    let mut cells = Vec::new();
+    let mut total = 0;
+    for entry in &file.methods {
+        let label = entry.label();
+        for &w in &file.cfg {
+            for (ci, cap) in caps.iter().enumerate() {
+                for &seed in &file.seeds.0 {
+                    total += 1;
+                    let excluded = file.exclude.iter().any(|x| {
+                        x.method.as_ref().is_none_or(|m| *m == label)
+                            && x.cfg.is_none_or(|c| c == w)
+                            && x.seed.is_none_or(|s| s == seed)
+                            && x.caption.as_ref().is_none_or(|c| c.trim() == cap.text)
+                    });
+                    if excluded {
+                        continue;
+                    }
+                    let run_seed = seed.checked_add(entry.seed_offset).ok_or_else(|| anyhow!("{}: seed {seed} + seed_offset overflows", path.display()))?;
+                    let guidance = Guidance::new(w, file.sampler.cfg_convention);
+                    let key = json!({
+                        "format": STORE_FORMAT,
+                        "model": model_key,
+                        "method": entry.spec,
+                        "diffrep": diffrep,
+                        "guidance": guidance,
+                        "prompt": cap.text,
+                        "seed": run_seed,
+                        "device": device,
+                    });
+                    cells.push(Cell {
+                        id: cell_id(&key),
+                        index: cells.len(),
+                        label: label.clone(),
+                        method: entry.spec.clone(),
+                        cfg: w,
+                        seed,
+                        run_seed,
+                        caption: cap.clone(),
+                        caption_index: ci,
+                        key,
+                    });
+                }
+            }
+        }
+    }
+    if cells.is_empty() {
+        bail!("{}: the grid is empty: `exclude` removes all {total} cells", path.display());
+    }
+    let root = file.outputs.dir.join(&file.name);
+    Ok(Plan { file, root, model, cells })
+}
+
+/// Denoiser evaluations one cell needs (a CFG pair counts as one).
+pub fn nfe_estimate(m: &MethodSpec) -> usize {
+    match m {
+        MethodSpec::Reference(c) => c.steps,
+        MethodSpec::Ddrep(c) => crate::diffusion::repaint::chain_moves(c.steps, c.repaint).map(|m| crate::diffusion::repaint::nfe_count(&m)).unwrap_or(c.steps),
+        MethodSpec::Sjc(c) => c.iters,
+        MethodSpec::Sds(c) => c.iters,
+    }
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow!("--shard takes I/N with 0 <= I < N, e.g. --shard 0/4; got '{s}'");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+pub fn status(a: &StatusArgs) -> Result<()> {
+    let p = plan(&a.file, &a.overrides)?;
+    let (mut done, mut failed, mut pending) = (0, 0, 0);
+    let mut per: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    for c in &p.cells {
+        let slot = if Store::is_complete(&p.root, &c.id) {
+            done += 1;
+            0
+        } else if Store::failed_path(&p.root, &c.id).is_file() {
+            failed += 1;
+            2
+        } else {
+            pending += 1;
+            1
+        };
+        per.entry(c.label.clone()).or_default()[slot] += 1;
+    }
+    let on_disk = Store::complete_ids(&p.root);
+    let grid: std::collections::HashSet<&str> = p.cells.iter().map(|c| c.id.as_str()).collect();
+    let other = on_disk.iter().filter(|id| !grid.contains(id.as_str())).count();
+    println!("{}: {} cells: {done} done, {pending} pending, {failed} failed ({})", p.file.name, p.cells.len(), p.root.display());
+    for (l, [d, pe, f]) in per {
+        println!("  {l:<20} {d} done, {pe} pending, {f} failed");
+    }
+    if other > 0 {
+        println!("  ({other} other complete cells in the store belong to other settings)");
+    }
+    Ok(())
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let p = plan(&a.file, &a.overrides)?;
+    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    let mine: Vec<&Cell> = p.cells.iter().filter(|c| shard.is_none_or(|(i, n)| c.index % n == i)).collect();
+    let pending: Vec<&Cell> = mine.iter().copied().filter(|c| !Store::is_complete(&p.root, &c.id)).collect();
+    let nfe: usize = pending.iter().map(|c| nfe_estimate(&c.method)).sum();
+    let shard_note = shard.map(|(i, n)| format!(" (shard {i}/{n}: {} cells)", mine.len())).unwrap_or_default();
+    if a.dry_run {
+        println!(
+            "{}: {} cells{shard_note}, {} cached, {} to run, about {nfe} NFEs -> {}",
+            p.file.name,
+            p.cells.len(),
+            mine.len() - pending.len(),
+            pending.len(),
+            p.root.display()
+        );
+        return Ok(());
+    }
+    let store = Store::open(&p.root, shard.is_some())?;
+    write_resolved(&p)?;
+    if pending.is_empty() {
+        println!("{}: all {} cells{shard_note} are done (0 NFEs) -> {}", p.file.name, mine.len(), p.root.display());
+        return Ok(());
+    }
+    let outcome = match p.file.device {
+        DeviceKind::Cpu => execute::<crate::backend::CpuAutodiff>(&p, &store, &pending, &Default::default())?,
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => execute::<crate::backend::CudaAutodiff>(&p, &store, &pending, &Default::default())?,
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => bail!("device cuda: this build has no CUDA backend; rebuild with --features cuda or set device=cpu"),
+    };
+    println!(
+        "{}: {} cells{shard_note}: {} cached, {} computed ({} NFEs), {} left to other processes, {} failed -> {}",
+        p.file.name,
+        mine.len(),
+        mine.len() - pending.len(),
+        outcome.computed,
+        outcome.nfe,
+        outcome.busy,
+        outcome.failed.len(),
+        p.root.display()
+    );
+    if !outcome.failed.is_empty() {
+        for (c, e) in outcome.failed.iter().take(5) {
+            eprintln!("  failed: {} cfg {} seed {} '{}': {e}", c.label, c.cfg, c.seed, c.caption.text);
+        }
+        bail!("{} of {} cells failed (errors in {}/failed/); rerun to retry them", outcome.failed.len(), pending.len(), p.root.display());
+    }
+    Ok(())
+}
+
+/// The resolved experiment beside the cells, for reports.
+fn write_resolved(p: &Plan) -> Result<()> {
+    let cells: Vec<serde_json::Value> = p
+        .cells
+        .iter()
+        .map(|c| json!({"id": c.id, "label": c.label, "cfg": c.cfg, "seed": c.seed, "caption_index": c.caption_index, "caption": c.caption}))
+        .collect();
+    crate::io::write_json(&p.root.join("experiment.json"), &json!({"experiment": p.file, "cells": cells}))
+}
+
+struct Outcome<'a> {
+    computed: usize,
+    nfe: usize,
+    busy: usize,
+    failed: Vec<(&'a Cell, String)>,
+}
+
+fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, pending: &[&'a Cell], device: &B::Device) -> Result<Outcome<'a>> {
+    let (analytic, sd15);
+    let model: &dyn Denoiser<B::InnerBackend> = match &p.model {
+        ResolvedModel::Analytic(c) => {
+            analytic = AnalyticPrior::new(c.clone())?;
+            &analytic
+        }
+        ResolvedModel::Sd15 { dir, .. } => {
+            sd15 = crate::models::sd15::Sd15::<B::InnerBackend>::load(dir, device)?;
+            &sd15
+        }
+    };
+    let shape = model.sample_shape();
+    let crate::methods::DiffrepSpec::Siren(s) = &p.file.diffrep;
+    if [s.out_channels, s.resolution[0], s.resolution[1]] != shape && p.cells.iter().any(|c| !matches!(c.method, MethodSpec::Reference(_))) {
+        bail!("diffrep renders {:?} but the model samples {:?}: set diffrep.resolution and diffrep.out_channels to match", [s.out_channels, s.resolution[0], s.resolution[1]], shape);
+    }
+    let term = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::with_draw_target(if term { indicatif::ProgressDrawTarget::stderr() } else { indicatif::ProgressDrawTarget::hidden() });
+    let grid = bars.add(indicatif::ProgressBar::new(pending.len() as u64));
+    grid.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} cells, {elapsed} elapsed, ETA {eta}").unwrap().progress_chars("=> "));
+    grid.set_prefix(p.file.name.clone());
+    let cur = bars.add(indicatif::ProgressBar::new_spinner());
+    cur.set_style(indicatif::ProgressStyle::with_template("  {spinner} {msg} ({elapsed})").unwrap());
+    cur.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut out = Outcome { computed: 0, nfe: 0, busy: 0, failed: Vec::new() };
+    for &c in pending {
+        cur.set_message(format!("{} cfg {} seed {} caption {}", c.label, c.cfg, c.seed, c.caption_index));
+        cur.reset_elapsed();
+        let lock = match store.lock_cell(&c.id)? {
+            CellLock::Held(f) => f,
+            CellLock::Busy => {
+                out.busy += 1;
+                grid.inc(1);
+                continue;
+            }
+        };
+        if Store::is_complete(&store.root, &c.id) {
+            grid.inc(1);
+            continue;
+        }
+        match run_cell::<B>(p, store, c, model, device) {
+            Ok(n) => {
+                out.computed += 1;
+                out.nfe += n;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let rec = json!({"cell_id": c.id, "label": c.label, "cfg": c.cfg, "seed": c.seed, "caption": c.caption, "error": msg, "key": c.key, "git_commit": GIT_COMMIT});
+                crate::io::write_json(&Store::failed_path(&store.root, &c.id), &rec)?;
+                if !term {
+                    eprintln!("cell {} failed: {msg}", c.id);
+                }
+                out.failed.push((c, msg));
+            }
+        }
+        drop(lock);
+        grid.inc(1);
+    }
+    cur.finish_and_clear();
+    grid.finish_and_clear();
+    Ok(out)
+}
+
+/// Runs one cell and writes it; returns its NFE count.
+fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, c: &Cell, model: &dyn Denoiser<B::InnerBackend>, device: &B::Device) -> Result<usize> {
+    let start = Instant::now();
+    let guidance = Guidance::new(c.cfg, p.file.sampler.cfg_convention);
+    let res = run_method::<B>(model, &c.method, &p.file.diffrep, std::slice::from_ref(&c.caption.text), guidance, &[c.run_seed], device)?;
+    let tmp = store.begin(&c.id)?;
+    let img = &res.images[0];
+    let [ch, h, w] = res.shape;
+    let mut files = vec!["image.png".to_string(), "output.safetensors".to_string()];
+    std::fs::write(tmp.join("image.png"), png_bytes(img, res.shape)?)?;
+    crate::io::write_safetensors(&tmp.join("output.safetensors"), &[NamedTensor { name: "image".into(), shape: vec![1, ch, h, w], data: img.clone() }])?;
+    if let Some(params) = &res.params {
+        crate::io::write_safetensors(&tmp.join("params.safetensors"), params)?;
+        files.push("params.safetensors".into());
+    }
+    let weights = match &p.model {
+        ResolvedModel::Sd15 { hashes, .. } => json!(hashes),
+        ResolvedModel::Analytic(_) => serde_json::Value::Null,
+    };
+    let rec = json!({
+        "cell_id": c.id,
+        "experiment": p.file.name,
+        "label": c.label,
+        "method": c.method.name(),
+        "cfg": c.cfg,
+        "seed": c.seed,
+        "run_seed": c.run_seed,
+        "caption": c.caption,
+        "caption_index": c.caption_index,
+        "key": c.key,
+        "model": model.describe(),
+        "weights_sha256": weights,
+        "diffrep": res.diffrep,
+        "shape": res.shape,
+        "git_commit": GIT_COMMIT,
+        "crate_version": CRATE_VERSION,
+        "backend": std::any::type_name::<B>(),
+        "nfe": res.nfe,
+        "sampler_seconds": res.seconds,
+        "wall_seconds": start.elapsed().as_secs_f64(),
+        "files": files,
+        "diagnostics": res.diagnostics,
+    });
+    let mut s = serde_json::to_string_pretty(&rec)?;
+    s.push('\n');
+    std::fs::write(tmp.join("cell.json"), s)?;
+    store.commit(&c.id, &tmp)?;
+    Ok(res.nfe)
+}

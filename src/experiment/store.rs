@@ -1,0 +1,144 @@
+//! The content-addressed results store of one experiment:
+//!
+//! ```text
+//! <dir>/<name>/.lock                 run lock (exclusive; shared by `--shard` runs)
+//! <dir>/<name>/cells/<sha256>/       complete cells: cell.json, image.png, output.safetensors, params.safetensors
+//! <dir>/<name>/tmp/<sha256>/         a cell being written (renamed into cells/ when complete)
+//! <dir>/<name>/locks/<sha256>.lock   per-cell locks (several shards on one directory)
+//! <dir>/<name>/failed/<sha256>.json  the error of a cell's last failed attempt
+//! ```
+//!
+//! The id of a cell is the sha256 of its canonical key (sorted-key compact JSON of everything
+//! that changes its output). A cell directory exists only once all its files are written, so
+//! a killed run never leaves a partial cell; the next run deletes stale `tmp/` entries it
+//! holds the lock for and recomputes them.
+
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Sorted-key compact JSON: the same value always gives the same bytes.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = serde_json::Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sort(&m[k]));
+                }
+                serde_json::Value::Object(out)
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    // serde_json's map keeps insertion order only with `preserve_order`; sorting on the way
+    // in makes the output sorted either way.
+    serde_json::to_string(&sort(v)).expect("JSON values serialise")
+}
+
+pub fn cell_id(key: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(canonical_json(key).as_bytes()))
+}
+
+pub struct Store {
+    pub root: PathBuf,
+    _lock: File,
+}
+
+/// How a cell lock attempt went.
+pub enum CellLock {
+    Held(File),
+    /// Another process works on it.
+    Busy,
+}
+
+impl Store {
+    /// Opens (creating) the store and takes the run lock: exclusive for a whole-grid run,
+    /// shared for a shard (shards coordinate with per-cell locks).
+    pub fn open(root: &Path, shared: bool) -> Result<Self> {
+        for d in ["cells", "tmp", "locks", "failed"] {
+            fs::create_dir_all(root.join(d)).with_context(|| format!("cannot create results folder {}", root.join(d).display()))?;
+        }
+        let lock_path = root.join(".lock");
+        let f = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+        let r = if shared { f.try_lock_shared() } else { f.try_lock() };
+        match r {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "another `ddrep run` is working on {} (it holds {}); wait for it to finish, or run every process with --shard I/N to share the folder",
+                root.display(),
+                lock_path.display()
+            ),
+            Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+        }
+        Ok(Self { root: root.to_path_buf(), _lock: f })
+    }
+
+    pub fn cell_dir(root: &Path, id: &str) -> PathBuf {
+        root.join("cells").join(id)
+    }
+
+    /// A cell is complete when its directory (renamed into place last) has its record.
+    pub fn is_complete(root: &Path, id: &str) -> bool {
+        Self::cell_dir(root, id).join("cell.json").is_file()
+    }
+
+    pub fn failed_path(root: &Path, id: &str) -> PathBuf {
+        root.join("failed").join(format!("{id}.json"))
+    }
+
+    pub fn lock_cell(&self, id: &str) -> Result<CellLock> {
+        let p = self.root.join("locks").join(format!("{id}.lock"));
+        let f = File::options().create(true).truncate(false).write(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(CellLock::Held(f)),
+            Err(TryLockError::WouldBlock) => Ok(CellLock::Busy),
+            Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", p.display())),
+        }
+    }
+
+    /// A fresh temporary directory for a cell (call with the cell's lock held).
+    pub fn begin(&self, id: &str) -> Result<PathBuf> {
+        let tmp = self.root.join("tmp").join(id);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+        }
+        fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(tmp)
+    }
+
+    /// Moves a written cell into place.
+    pub fn commit(&self, id: &str, tmp: &Path) -> Result<()> {
+        let dest = Self::cell_dir(&self.root, id);
+        if Self::is_complete(&self.root, id) {
+            fs::remove_dir_all(tmp).ok();
+            return Ok(());
+        }
+        if dest.exists() {
+            // Not complete, so not from a rename: nothing else creates it. Clear it.
+            fs::remove_dir_all(&dest).with_context(|| format!("cannot remove {}", dest.display()))?;
+        }
+        fs::rename(tmp, &dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
+        fs::remove_file(Self::failed_path(&self.root, id)).ok();
+        Ok(())
+    }
+
+    /// Complete cell ids found on disk (for `status`: cells from other settings show up too).
+    pub fn complete_ids(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = walkdir::WalkDir::new(root.join("cells"))
+            .min_depth(1)
+            .max_depth(1)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_dir() && e.path().join("cell.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
