@@ -5,6 +5,7 @@ pub mod linear;
 pub mod panorama;
 pub mod sine;
 pub mod siren;
+pub mod strips;
 pub mod voxnerf;
 
 use anyhow::Result;
