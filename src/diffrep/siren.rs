@@ -188,55 +188,65 @@ impl<B: SineBackend> SirenDiffrep<B> {
     pub fn forward(&self, params: &SirenParams<B>) -> Tensor<B, 4> {
         let n = params.weights[0].dims()[0];
         let [npix, e] = self.embedding.dims();
-        let mut h: Tensor<B, 3> = self.embedding.clone().unsqueeze::<3>().expand([n, npix, e]);
-        let last = params.weights.len() - 1;
-        for (l, (w, b)) in params.weights.iter().zip(&params.biases).enumerate() {
-            h = h.matmul(w.val()) + b.val();
-            if l < last {
-                h = sine(h, self.config.omega);
-            }
-        }
+        let h = siren_mlp(params, self.embedding.clone().unsqueeze::<3>().expand([n, npix, e]), self.config.omega);
         let [hh, ww] = self.config.resolution;
         h.reshape([n, hh, ww, self.config.out_channels]).permute([0, 3, 1, 2])
     }
 
-    /// SIREN initialisation per sample: hidden weights `U(+-sqrt(6/in)/omega)`, biases
-    /// `U(+-1/sqrt(in))`; the output layer starts at zero so that `r(theta_0) = 0`, the
-    /// separated-noise starting point of ALGORITHM.md §4.
+    /// SIREN initialisation per sample (see [`init_siren_params`]).
     pub fn init_params(&self, seeds: &[u64], device: &B::Device) -> Result<SirenParams<B>> {
-        if seeds.is_empty() {
-            bail!("siren: at least one sample is needed");
+        init_siren_params(&self.config, seeds, device)
+    }
+}
+
+/// The sine MLP on embedded coordinates `h` (`[n, P, E]`): `[n, P, out_channels]`.
+pub fn siren_mlp<B: SineBackend>(params: &SirenParams<B>, mut h: Tensor<B, 3>, omega: f64) -> Tensor<B, 3> {
+    let last = params.weights.len() - 1;
+    for (l, (w, b)) in params.weights.iter().zip(&params.biases).enumerate() {
+        h = h.matmul(w.val()) + b.val();
+        if l < last {
+            h = sine(h, omega);
         }
-        let layers = self.config.layers();
-        let mut ws: Vec<Vec<f32>> = layers.iter().map(|_| Vec::new()).collect();
-        let mut bs: Vec<Vec<f32>> = layers.iter().map(|_| Vec::new()).collect();
-        for &seed in seeds {
-            let mut rng = rng_for(seed, "siren-init");
-            for (l, &(i, o)) in layers.iter().enumerate() {
-                let output = l + 1 == layers.len();
-                let wb = (6.0 / i as f64).sqrt() / self.config.omega;
-                let bb = 1.0 / (i as f64).sqrt();
-                for _ in 0..i * o {
-                    ws[l].push(if output { 0.0 } else { rng.random_range(-wb..wb) as f32 });
-                }
-                for _ in 0..o {
-                    bs[l].push(if output { 0.0 } else { rng.random_range(-bb..bb) as f32 });
-                }
+    }
+    h
+}
+
+/// SIREN initialisation per sample: hidden weights `U(+-sqrt(6/in)/omega)`, biases
+/// `U(+-1/sqrt(in))`; the output layer starts at zero so that `r(theta_0) = 0`, the
+/// separated-noise starting point of ALGORITHM.md §4. Only `config.layers()` and `omega` matter.
+pub fn init_siren_params<B: Backend>(config: &SirenConfig, seeds: &[u64], device: &B::Device) -> Result<SirenParams<B>> {
+    if seeds.is_empty() {
+        bail!("siren: at least one sample is needed");
+    }
+    let layers = config.layers();
+    let mut ws: Vec<Vec<f32>> = layers.iter().map(|_| Vec::new()).collect();
+    let mut bs: Vec<Vec<f32>> = layers.iter().map(|_| Vec::new()).collect();
+    for &seed in seeds {
+        let mut rng = rng_for(seed, "siren-init");
+        for (l, &(i, o)) in layers.iter().enumerate() {
+            let output = l + 1 == layers.len();
+            let wb = (6.0 / i as f64).sqrt() / config.omega;
+            let bb = 1.0 / (i as f64).sqrt();
+            for _ in 0..i * o {
+                ws[l].push(if output { 0.0 } else { rng.random_range(-wb..wb) as f32 });
+            }
+            for _ in 0..o {
+                bs[l].push(if output { 0.0 } else { rng.random_range(-bb..bb) as f32 });
             }
         }
-        let n = seeds.len();
-        let weights = layers
-            .iter()
-            .zip(ws)
-            .map(|(&(i, o), w)| Param::from_tensor(tensor_from_vec(w, [n, i, o], device)))
-            .collect();
-        let biases = layers
-            .iter()
-            .zip(bs)
-            .map(|(&(_, o), b)| Param::from_tensor(tensor_from_vec(b, [n, 1, o], device)))
-            .collect();
-        Ok(SirenParams { weights, biases })
     }
+    let n = seeds.len();
+    let weights = layers
+        .iter()
+        .zip(ws)
+        .map(|(&(i, o), w)| Param::from_tensor(tensor_from_vec(w, [n, i, o], device)))
+        .collect();
+    let biases = layers
+        .iter()
+        .zip(bs)
+        .map(|(&(_, o), b)| Param::from_tensor(tensor_from_vec(b, [n, 1, o], device)))
+        .collect();
+    Ok(SirenParams { weights, biases })
 }
 
 impl<B: AutodiffBackend + SineBackend> Diffrep<B> for SirenDiffrep<B> {

@@ -137,6 +137,7 @@ where
             sigma: coeffs.sigma_from,
             residual: residual_rms::<B>(xhat.clone(), target),
             nfe: den.nfe(),
+            overlap: None,
         });
     }
     Ok(MethodOutput { params: Some(params), image: xhat, diagnostics, nfe: den.nfe() })

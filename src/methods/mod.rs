@@ -8,6 +8,7 @@ pub mod sds;
 pub mod sjc;
 pub mod run;
 pub mod solver;
+pub mod multiview;
 
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ pub use sds::{sds, SdsConfig};
 pub use sjc::{sjc, SjcConfig};
 pub use run::{run_method, DiffrepSpec, MethodSpec, RunResult};
 pub use solver::SolverConfig;
+pub use multiview::{ddrep_views, sjc_views, MultiviewOutput};
 
 /// One logged step of a sampler.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,6 +36,10 @@ pub struct StepDiagnostic {
     pub residual: Vec<f64>,
     /// Denoiser evaluations so far.
     pub nfe: usize,
+    /// Multiview diffreps: per sample, the RMS disagreement between overlapping views of the
+    /// update `target - render` before this step's fit (panoramas); `None` where not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<Vec<f64>>,
 }
 
 /// What a sampler returns.

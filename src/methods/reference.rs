@@ -60,7 +60,7 @@ pub fn reference<B: Backend, D: Denoiser<B> + ?Sized>(
         let x0_hat = den.x0(x.clone(), t)?;
         ensure_finite(&x0_hat, || format!("the denoiser output at step {step} (t = {t})"))?;
         x = ddim_step(x, x0_hat, &coeffs, z);
-        diagnostics.push(StepDiagnostic { step, kind: "reverse".into(), t, sigma: coeffs.sigma_from, residual: vec![0.0; n], nfe: den.nfe() });
+        diagnostics.push(StepDiagnostic { step, kind: "reverse".into(), t, sigma: coeffs.sigma_from, residual: vec![0.0; n], nfe: den.nfe(), overlap: None });
     }
     let image = x.mul_scalar(schedule.scale(levels[cfg.steps]));
     Ok(MethodOutput { params: None, image, diagnostics, nfe: den.nfe() })

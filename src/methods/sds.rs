@@ -116,7 +116,7 @@ where
         if cfg.log_every > 0 && (it % cfg.log_every == 0 || it + 1 == cfg.iters) {
             let residual = per_sample_mse(g.clone()).into_iter().map(f64::sqrt).collect();
             let sigma = schedule.sigma(Level::Timestep(ts[0]));
-            diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma, residual, nfe: den.nfe() });
+            diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma, residual, nfe: den.nfe(), overlap: None });
         }
         // Descent on <y, g> with g held fixed: the SDS gradient is g J.
         let l = (y * Tensor::<B, 4>::from_inner(g)).sum();

@@ -103,7 +103,7 @@ where
         let g = (x0 - y_in) / sig_t;
         if cfg.log_every > 0 && (it % cfg.log_every == 0 || it + 1 == cfg.iters) {
             let residual = per_sample_mse(g.clone()).into_iter().map(f64::sqrt).collect();
-            diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma: sig[0], residual, nfe: den.nfe() });
+            diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma: sig[0], residual, nfe: den.nfe(), overlap: None });
         }
         // Ascent: minimise -<y, g> with g held fixed.
         let l = (y * Tensor::<B, 4>::from_inner(g)).sum().neg();

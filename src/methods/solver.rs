@@ -1,6 +1,7 @@
 //! The inner least-squares solve of DDRep (paper Eq. 5): `argmin_theta ||r(theta) - target||^2`.
 
 use anyhow::{bail, Result};
+use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{backend::AutodiffBackend, Tensor};
 use serde::{Deserialize, Serialize};
@@ -82,10 +83,10 @@ impl SolverConfig {
     }
 }
 
-/// `0.5 * sum over samples of mean squared error`: each sample's gradient is its own.
-fn loss<B: AutodiffBackend>(render: Tensor<B, 4>, target: Tensor<B, 4>) -> Tensor<B, 1> {
-    let n = render.dims()[0] as f64;
-    (render - target).powi_scalar(2).mean().mul_scalar(0.5 * n)
+/// `0.5 * sum over samples of mean squared error` (for multiview renders, `samples` < rows:
+/// each sample's error is its mean over its views, Eq. 8): each sample's gradient is its own.
+fn loss<B: AutodiffBackend>(render: Tensor<B, 4>, target: Tensor<B, 4>, samples: usize) -> Tensor<B, 1> {
+    (render - target).powi_scalar(2).mean().mul_scalar(0.5 * samples as f64)
 }
 
 /// Fits `params` to `target`; returns the new parameters and the per-sample mean squared
@@ -101,28 +102,54 @@ pub fn fit<B: AutodiffBackend, R: Diffrep<B>>(
             Some(p) => Ok(p),
             None => bail!("the exact solver needs a linear diffrep; '{}' is not", rep.name()),
         },
+        _ => {
+            let samples = target.dims()[0];
+            fit_with(&|p: &R::Params| rep.render(p), samples, params, target, solver)
+        }
+    }
+}
+
+/// The same fit for any render function of the parameters (e.g. a multiview diffrep rendering
+/// a fixed batch of views): `render(params)` has `samples * V` rows, sample-major, and each
+/// sample's loss is its mean squared error over its `V` views (paper Eq. 8). The exact solver
+/// is not available here.
+pub fn fit_with<B: AutodiffBackend, P: AutodiffModule<B> + Clone>(
+    render: &dyn Fn(&P) -> Tensor<B, 4>,
+    samples: usize,
+    params: P,
+    target: Tensor<B::InnerBackend, 4>,
+    solver: &SolverConfig,
+) -> Result<P> {
+    let rows = target.dims()[0];
+    if samples == 0 || rows % samples != 0 {
+        bail!("a fit of {rows} rendered rows for {samples} samples");
+    }
+    match solver {
+        SolverConfig::Exact => bail!("the exact solver needs a linear single-view diffrep"),
         SolverConfig::Adam { steps, lr, beta_1, beta_2, epsilon } => {
             let mut optim = AdamConfig::new()
                 .with_beta_1(*beta_1 as f32)
                 .with_beta_2(*beta_2 as f32)
                 .with_epsilon(*epsilon as f32)
-                .init::<B, R::Params>();
+                .init::<B, P>();
             let target = Tensor::<B, 4>::from_inner(target);
             let mut params = params;
             for _ in 0..*steps {
-                let l = loss(rep.render(&params), target.clone());
+                let l = loss(render(&params), target.clone(), samples);
                 let grads = GradientsParams::from_grads(l.backward(), &params);
                 params = optim.step(*lr, params, grads);
             }
             Ok(params)
         }
         SolverConfig::Transpose { lr } => {
-            // Gradient of 0.5 ||r - target||^2 summed over pixels is -J^T (target - r).
+            // Gradient of 0.5 ||r - target||^2 summed over pixels (averaged over a sample's
+            // views) is -J^T (target - r).
+            let views = (rows / samples) as f64;
             let target = Tensor::<B, 4>::from_inner(target);
-            let r = rep.render(&params);
-            let l = (r - target).powi_scalar(2).sum().mul_scalar(0.5);
+            let r = render(&params);
+            let l = (r - target).powi_scalar(2).sum().mul_scalar(0.5 / views);
             let grads = GradientsParams::from_grads(l.backward(), &params);
-            let mut sgd = burn::optim::SgdConfig::new().init::<B, R::Params>();
+            let mut sgd = burn::optim::SgdConfig::new().init::<B, P>();
             Ok(sgd.step(*lr, params, grads))
         }
     }

@@ -1,0 +1,238 @@
+//! DDRep and SJC over multiview diffreps (paper §3.2, Eq. 6-8): panoramas and voxel NeRFs.
+//!
+//! DDRep: each sample draws its batch of `V` views once, from its own `"views"` stream, and
+//! keeps them for the whole chain, so that each view carries its own separated noise `eps`
+//! (ALGORITHM.md §4: one fixed noise tensor per view) through DDIM and RePaint moves. Every
+//! move denoises all `n * V` views in one denoiser call (one NFE), each view conditioned on
+//! its own prompt (the sample's prompt plus the view's suffix, e.g. ", front view"), and the
+//! least-squares fit averages over the sample's views (Eq. 8). Before each fit the
+//! disagreement of overlapping views' targets is logged (panoramas: measured on the update
+//! `target - render`, the render being consistent by construction); the fit residual over
+//! all views is the NeRF's multiview residual.
+//!
+//! SJC: fresh views every iteration, as its authors do.
+
+use anyhow::{bail, Result};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::adamax::Adamax;
+use super::ddrep::{DdrepConfig, RepaintX0};
+use super::sjc::SjcConfig;
+use super::solver::fit_with;
+use super::{MethodOutput, StepDiagnostic};
+use crate::diffrep::{Camera, MultiviewDiffrep};
+use crate::diffusion::denoiser::row_scalars;
+use crate::diffusion::{chain_moves, repaint_forward, separated_noise, DdimCoeffs, Denoiser, Guidance, GuidedDenoiser, Level, Move};
+use crate::noise::{rng_for, NoiseSource};
+use crate::tensor_util::{ensure_finite, per_sample_mse, tensor_to_vec};
+
+/// What a multiview sampler returns.
+pub struct MultiviewOutput<B: Backend, P> {
+    /// `image` is the diffrep's canonical render (`Diffrep::render`: the whole panorama,
+    /// a NeRF's front view), `[n, C, H, W]`.
+    pub output: MethodOutput<B, P>,
+    /// Final renders of the last batch of views, `[n * V, C, H, W]`, sample-major.
+    pub views: Tensor<B, 4>,
+    pub cameras: Vec<Camera>,
+}
+
+/// The per-row prompts of a batch of views: `"{prompt}, {suffix}"` or the prompt alone.
+pub fn view_prompts(prompts: &[String], suffixes: &[Option<String>]) -> Vec<String> {
+    let v = suffixes.len() / prompts.len().max(1);
+    suffixes
+        .iter()
+        .enumerate()
+        .map(|(row, s)| match s {
+            Some(s) => format!("{}, {s}", prompts[row / v]),
+            None => prompts[row / v].clone(),
+        })
+        .collect()
+}
+
+/// `[n * V, C, H, W]` standard normal noise, sample `i`'s rows from `noise`'s row `i`.
+fn view_noise<B: Backend>(noise: &mut dyn NoiseSource<B>, n: usize, v: usize, [c, h, w]: [usize; 3], device: &B::Device) -> Result<Tensor<B, 4>> {
+    Ok(noise.normal([n, v * c, h, w], device)?.reshape([n * v, c, h, w]))
+}
+
+/// Per sample: RMS over all its views' pixels.
+fn per_sample_rms<B: Backend>(diff: Tensor<B, 4>, n: usize) -> Vec<f64> {
+    let [rows, c, h, w] = diff.dims();
+    per_sample_mse(diff.reshape([n, rows / n * c, h, w])).into_iter().map(f64::sqrt).collect()
+}
+
+fn check_prompts(prompts: &[String], seeds: &[u64]) -> Result<()> {
+    if seeds.is_empty() {
+        bail!("at least one seed is needed");
+    }
+    if prompts.len() != seeds.len() {
+        bail!("{} prompts for {} seeds", prompts.len(), seeds.len());
+    }
+    Ok(())
+}
+
+/// DDRep over a multiview diffrep: `n = seeds.len()` samples, `prompts[i]` for sample `i`.
+/// Noise order as [`super::ddrep()`]: `eps` first, then one `z` per move.
+#[allow(clippy::too_many_arguments)]
+pub fn ddrep_views<B, D, R>(
+    model: &D,
+    prompts: &[String],
+    guidance: Guidance,
+    rep: &R,
+    seeds: &[u64],
+    cfg: &DdrepConfig,
+    noise: &mut dyn NoiseSource<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<MultiviewOutput<B::InnerBackend, R::Params>>
+where
+    B: AutodiffBackend,
+    D: Denoiser<B::InnerBackend> + ?Sized,
+    R: MultiviewDiffrep<B>,
+{
+    cfg.validate()?;
+    check_prompts(prompts, seeds)?;
+    if matches!(cfg.solver, super::SolverConfig::Exact) {
+        bail!("the exact solver needs a linear single-view diffrep; '{}' is multiview", rep.name());
+    }
+    let schedule = model.schedule().clone();
+    let levels = schedule.ddim_levels(cfg.steps, cfg.steps_offset)?;
+    let moves = chain_moves(cfg.steps, cfg.repaint)?;
+    let (n, v) = (seeds.len(), rep.views_per_sample());
+    let vshape = rep.view_shape();
+    if model.sample_shape() != vshape {
+        bail!("the denoiser's samples are {:?} but the views are {:?}", model.sample_shape(), vshape);
+    }
+
+    let mut rngs: Vec<ChaCha8Rng> = seeds.iter().map(|&s| rng_for(s, "views")).collect();
+    let views = rep.sample_views(&mut rngs, device)?;
+    let den = GuidedDenoiser::<B::InnerBackend, D>::new(model, view_prompts(prompts, &rep.view_suffixes(&views)), guidance)?;
+    let render = |p: &R::Params| rep.render_views(p, &views);
+
+    let mut params = rep.init(seeds, device)?;
+    let mut xhat = render(&params).inner();
+    let mut eps = view_noise(noise, n, v, vshape, device)?;
+    let mut x0_latest = None;
+    let mut diagnostics = Vec::with_capacity(moves.len());
+
+    for (step, mv) in moves.iter().enumerate() {
+        let (kind, coeffs, t_level) = match *mv {
+            Move::Reverse { from } => ("reverse", DdimCoeffs::new(&schedule, levels[from], levels[from + 1], cfg.eta), levels[from]),
+            Move::Forward { from } => ("forward", DdimCoeffs::new(&schedule, levels[from - 1], levels[from], cfg.eta), levels[from - 1]),
+        };
+        let Level::Timestep(t) = t_level else { unreachable!("only the last level is Final") };
+        let z = view_noise(noise, n, v, vshape, device)?;
+        let target = match *mv {
+            Move::Reverse { .. } => {
+                let x0_hat = den.x0(xhat.clone() + eps.clone().mul_scalar(coeffs.sigma_from), t)?;
+                ensure_finite(&x0_hat, || format!("the denoiser output at step {step} (t = {t})"))?;
+                let (target, eps_new) = separated_noise(xhat.clone(), eps.clone(), x0_hat.clone(), &coeffs, z);
+                eps = eps_new;
+                x0_latest = Some(x0_hat);
+                target
+            }
+            Move::Forward { from } => {
+                let x0 = match (cfg.repaint_x0, levels[from]) {
+                    (RepaintX0::Reevaluate, Level::Timestep(tj)) => den.x0(xhat.clone() + eps.clone().mul_scalar(coeffs.sigma_to), tj)?,
+                    _ => x0_latest.clone().expect("a forward move follows a reverse move"),
+                };
+                let (target, eps_new) = repaint_forward(xhat.clone(), eps.clone(), x0, &coeffs, z);
+                eps = eps_new;
+                target
+            }
+        };
+        // The render is consistent across views by construction: measure the disagreement of
+        // what the views ask for, `target - render`, which also removes the panorama's own
+        // within-cell spread from the measure.
+        let overlap = rep.overlap_disagreement(&views, &tensor_to_vec(target.clone() - xhat.clone()));
+        params = fit_with(&render, n, params, target.clone(), &cfg.solver)?;
+        xhat = render(&params).inner();
+        ensure_finite(&xhat, || format!("the diffrep render after the least-squares fit at step {step} (t = {t})"))?;
+        diagnostics.push(StepDiagnostic {
+            step,
+            kind: kind.into(),
+            t,
+            sigma: coeffs.sigma_from,
+            residual: per_sample_rms(xhat.clone() - target, n),
+            nfe: den.nfe(),
+            overlap,
+        });
+    }
+    let image = rep.render(&params).inner();
+    let cameras = rep.cameras(&views).to_vec();
+    Ok(MultiviewOutput { output: MethodOutput { params: Some(params), image, diagnostics, nfe: den.nfe() }, views: xhat, cameras })
+}
+
+/// SJC over a multiview diffrep: fresh views every iteration (from each sample's
+/// `"sjc-views"` stream), one sigma per sample and iteration shared by its views (from its
+/// `"sjc"` stream), the ascent direction averaged over the views. SJC's extra NeRF losses
+/// (emptiness, depth smoothness) are not included.
+#[allow(clippy::too_many_arguments)]
+pub fn sjc_views<B, D, R>(
+    model: &D,
+    prompts: &[String],
+    guidance: Guidance,
+    rep: &R,
+    seeds: &[u64],
+    cfg: &SjcConfig,
+    noise: &mut dyn NoiseSource<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<MultiviewOutput<B::InnerBackend, R::Params>>
+where
+    B: AutodiffBackend,
+    D: Denoiser<B::InnerBackend> + ?Sized,
+    R: MultiviewDiffrep<B>,
+{
+    check_prompts(prompts, seeds)?;
+    let t_train = model.schedule().num_train_timesteps();
+    if cfg.iters == 0 {
+        bail!("sjc.iters must be at least 1");
+    }
+    if cfg.skip_high + cfg.skip_low >= t_train {
+        bail!("sjc skips {} + {} of {t_train} sigmas: none left", cfg.skip_high, cfg.skip_low);
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        bail!("sjc.lr must be positive, got {}", cfg.lr);
+    }
+    let (n, v) = (seeds.len(), rep.views_per_sample());
+    let vshape = rep.view_shape();
+    if model.sample_shape() != vshape {
+        bail!("the denoiser's samples are {:?} but the views are {:?}", model.sample_shape(), vshape);
+    }
+    let mut rngs: Vec<_> = seeds.iter().map(|&s| rng_for(s, "sjc")).collect();
+    let mut view_rngs: Vec<ChaCha8Rng> = seeds.iter().map(|&s| rng_for(s, "sjc-views")).collect();
+    let mut params = rep.init(seeds, device)?;
+    let mut optim = Adamax::default().init::<B, R::Params>();
+    let mut diagnostics = Vec::new();
+    let mut nfe = 0;
+    let kept = cfg.skip_high..t_train - cfg.skip_low;
+    let mut views = rep.sample_views(&mut view_rngs, device)?;
+    for it in 0..cfg.iters {
+        if it > 0 {
+            views = rep.sample_views(&mut view_rngs, device)?;
+        }
+        let den = GuidedDenoiser::<B::InnerBackend, D>::new(model, view_prompts(prompts, &rep.view_suffixes(&views)), guidance)?;
+        let ts: Vec<usize> = rngs.iter_mut().flat_map(|r| std::iter::repeat_n(t_train - 1 - r.random_range(kept.clone()), v)).collect();
+        let sig: Vec<f64> = ts.iter().map(|&t| model.schedule().sigma(Level::Timestep(t))).collect();
+        let y = rep.render_views(&params, &views);
+        let y_in = y.clone().inner();
+        let sig_t = row_scalars::<B::InnerBackend>(&sig, device);
+        let z = view_noise(noise, n, v, vshape, device)?;
+        let x0 = den.x0_rows(y_in.clone() + z * sig_t.clone(), &ts)?;
+        nfe += den.nfe();
+        ensure_finite(&x0, || format!("the denoiser output at SJC iteration {it}"))?;
+        let g = (x0 - y_in) / sig_t;
+        if cfg.log_every > 0 && (it % cfg.log_every == 0 || it + 1 == cfg.iters) {
+            diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma: sig[0], residual: per_sample_rms(g.clone(), n), nfe, overlap: None });
+        }
+        let l = (y * Tensor::<B, 4>::from_inner(g)).sum().div_scalar(v as f64).neg();
+        let grads = GradientsParams::from_grads(l.backward(), &params);
+        params = optim.step(cfg.lr, params, grads);
+    }
+    let views_out = rep.render_views(&params, &views).inner();
+    ensure_finite(&views_out, || "the final SJC render".into())?;
+    let image = rep.render(&params).inner();
+    let cameras = rep.cameras(&views).to_vec();
+    Ok(MultiviewOutput { output: MethodOutput { params: Some(params), image, diagnostics, nfe }, views: views_out, cameras })
+}
