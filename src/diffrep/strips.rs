@@ -25,7 +25,7 @@ pub fn write_panorama_strip<B: Backend>(path: &Path, panoramas: Tensor<B, 4>) ->
     if imgs.is_empty() {
         bail!("no panoramas to write");
     }
-    write_grid_png(path, &imgs, shape, 1)
+    write_grid_png(path, &imgs, shape, 1, 1)
 }
 
 /// Writes `[n * V, C, H, W]` views (sample-major) as one PNG, a row of `V` per sample.
@@ -34,7 +34,7 @@ pub fn write_view_strip<B: Backend>(path: &Path, views: Tensor<B, 4>, per_sample
     if per_sample == 0 || imgs.is_empty() || imgs.len() % per_sample != 0 {
         bail!("{} views do not make rows of {per_sample}", imgs.len());
     }
-    write_grid_png(path, &imgs, shape, per_sample)
+    write_grid_png(path, &imgs, shape, per_sample, 1)
 }
 
 /// Renders a turntable of `count` views (equally spaced azimuths at the middle elevation) of
