@@ -1,5 +1,8 @@
 //! `ddrep bench siren`: Adam steps per second for 8 independent paper-size SIRENs, next to
 //! the same loop in PyTorch (`tools/bench/siren_bench.py`) when torch is installed.
+//! `ddrep bench unet`: seconds per SD1.5 UNet eval at batch 2 (one CFG eval) for the tiny
+//! fixture config and the full SD1.5 config (random weights), next to diffusers
+//! (`tools/bench/unet_bench.py`) in the same run when torch and diffusers are installed.
 
 use std::process::Command;
 use std::time::Instant;
@@ -7,7 +10,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::backend::CpuAutodiff;
+use crate::backend::{Cpu, CpuAutodiff};
+use crate::models::sd15::{Loader, UNet2DConditionModel, UnetConfig};
 use crate::diffrep::{Diffrep, SirenConfig, SirenDiffrep};
 use crate::methods::solver::{fit, SolverConfig};
 use crate::noise::{normal_vec, rng_for};
@@ -15,7 +19,7 @@ use crate::tensor_util::tensor_from_vec;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to benchmark: siren.
+    /// What to benchmark: siren or unet.
     pub what: String,
     #[arg(long, default_value_t = 8)]
     pub sirens: usize,
@@ -28,6 +32,16 @@ pub struct BenchArgs {
     /// Timed Adam steps (after 3 warm-up steps).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// unet: timed evals of the tiny config (after one warm-up eval).
+    #[arg(long, default_value_t = 20)]
+    pub evals: usize,
+    /// unet: timed evals of the full SD1.5 config (after one warm-up eval).
+    #[arg(long, default_value_t = 1)]
+    pub full_evals: usize,
+    /// unet: skip the full-size SD1.5 UNet (860M parameters: 5.9 GB peak RSS and about 70 s
+    /// per batch-2 eval on the 2-core dev machine, about 4 minutes with diffusers).
+    #[arg(long)]
+    pub tiny_only: bool,
     /// Python with torch for the reference loop (skipped if it has no torch).
     #[arg(long, env = "DDREP_PYTHON", default_value = "python3")]
     pub python: String,
@@ -49,9 +63,14 @@ fn siren_steps_per_s(a: &BenchArgs) -> Result<f64> {
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
-    if a.what != "siren" {
-        bail!("unknown benchmark '{}' (expected: siren)", a.what);
+    match a.what.as_str() {
+        "siren" => bench_siren(a),
+        "unet" => bench_unet(a),
+        other => bail!("unknown benchmark '{other}' (expected: siren, unet)"),
     }
+}
+
+fn bench_siren(a: &BenchArgs) -> Result<()> {
     if a.sirens == 0 || a.steps == 0 || a.res == 0 || a.width == 0 {
         bail!("--sirens, --steps, --res and --width must be positive");
     }
@@ -78,6 +97,157 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         Ok(o) => println!("\ntorch reference skipped ({} {script} failed: {})", a.python, String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
         Err(e) => println!("\ntorch reference skipped ({}: {e})", a.python),
+    }
+    Ok(())
+}
+
+/// runwayml/stable-diffusion-v1-5 `unet/config.json` (it lists only these keys).
+pub const SD15_UNET_CONFIG: &str = r#"{
+  "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.6.0", "act_fn": "silu",
+  "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false,
+  "cross_attention_dim": 768,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+  "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+}"#;
+
+/// The tiny fixture UNet's config (`tests/fixtures/sd15_tiny/model/unet/config.json`).
+const TINY_UNET_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd15_tiny/model/unet/config.json");
+
+/// Batch 2: one classifier-free-guidance eval ([uncond; cond] in one call).
+const UNET_BATCH: usize = 2;
+
+struct UnetTiming {
+    median_s: f64,
+    min_s: f64,
+    evals: usize,
+    params: usize,
+    shape: [usize; 4],
+}
+
+fn sample_size(cfg: &UnetConfig) -> usize {
+    use crate::models::sd15::config::PerBlock;
+    match &cfg.sample_size {
+        Some(PerBlock::One(s)) => *s,
+        Some(PerBlock::Each(v)) if !v.is_empty() => v[0],
+        _ => 64,
+    }
+}
+
+fn cross_dim(cfg: &UnetConfig) -> usize {
+    use crate::models::sd15::config::PerBlock;
+    match &cfg.cross_attention_dim {
+        PerBlock::One(c) => *c,
+        PerBlock::Each(v) => v.first().copied().unwrap_or(768),
+    }
+}
+
+/// The median (mean of the middle two for an even count): robust to the stalls a shared
+/// machine gives single evals.
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Random-weight UNet from `cfg`, one warm-up eval, then `evals` timed evals at batch 2.
+fn time_unet(cfg: &UnetConfig, evals: usize) -> Result<UnetTiming> {
+    use burn::tensor::{Distribution, Tensor};
+    let device = Default::default();
+    let mut ld = Loader::<Cpu>::random("unet", &device);
+    let unet = UNet2DConditionModel::load(&mut ld, cfg)?;
+    let params = ld.num_params();
+    let s = sample_size(cfg);
+    let shape = [UNET_BATCH, cfg.in_channels, s, s];
+    let x = Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let ctx = Tensor::<Cpu, 3>::random([UNET_BATCH, 77, cross_dim(cfg)], Distribution::Normal(0.0, 1.0), &device);
+    let ts = vec![500.0; UNET_BATCH];
+    let mut times = Vec::new();
+    for i in 0..=evals {
+        let t = Instant::now();
+        let eps = unet.forward(x.clone(), &ts, ctx.clone())?;
+        crate::tensor_util::ensure_finite(&eps, || "the benchmark UNet output".into())?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(UnetTiming {
+        median_s: median(&times),
+        min_s: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        evals,
+        params,
+        shape,
+    })
+}
+
+/// Runs `tools/bench/unet_bench.py` on the same config; `Err(reason)` when skipped.
+fn diffusers_unet(a: &BenchArgs, config_path: &str, evals: usize, threads: usize) -> std::result::Result<serde_json::Value, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bench/unet_bench.py");
+    let o = Command::new(&a.python)
+        .args([script, "--config", config_path, "--batch", &UNET_BATCH.to_string(), "--evals", &evals.to_string(), "--threads", &threads.to_string()])
+        .output()
+        .map_err(|e| format!("{}: {e}", a.python))?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(if err.contains("No module named") { format!("{} has no torch/diffusers: {last}", a.python) } else { format!("{script} failed: {last}") });
+    }
+    let line = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string();
+    serde_json::from_str(&line).map_err(|_| format!("{script} printed no result: {line}"))
+}
+
+fn bench_unet(a: &BenchArgs) -> Result<()> {
+    if a.evals == 0 || a.full_evals == 0 {
+        bail!("--evals and --full-evals must be positive");
+    }
+    let threads = rayon::current_num_threads();
+    let tiny: UnetConfig = crate::models::sd15::config::read_config(std::path::Path::new(TINY_UNET_CONFIG))?;
+    let full: UnetConfig = serde_json::from_str(SD15_UNET_CONFIG)?;
+    let full_path = std::env::temp_dir().join(format!("ddrep-bench-sd15-unet-{}.json", std::process::id()));
+    let mut runs: Vec<(&str, &UnetConfig, String, usize)> = vec![("tiny (fixture)", &tiny, TINY_UNET_CONFIG.to_string(), a.evals)];
+    if !a.tiny_only {
+        crate::io::write_atomic(&full_path, SD15_UNET_CONFIG.as_bytes())?;
+        runs.push(("SD1.5 (random weights)", &full, full_path.display().to_string(), a.full_evals));
+    }
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (name, cfg, path, evals) in &runs {
+        eprintln!("timing the {name} UNet: ddrep ...");
+        let ours = time_unet(cfg, *evals)?;
+        eprintln!("timing the {name} UNet: diffusers ...");
+        let theirs = diffusers_unet(a, path, *evals, threads);
+        rows.push((name.to_string(), ours, theirs));
+    }
+    let _ = std::fs::remove_file(&full_path);
+    println!("| UNet | params | input (batch 2 = CFG) | framework | s/eval (median) | s/eval (min) | evals | threads |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, ours, theirs) in &rows {
+        let shape = format!("{:?}", ours.shape);
+        println!("| {name} | {} | {shape} | ddrep (burn 0.20.1 ndarray) | {:.4} | {:.4} | {} | {threads} |", ours.params, ours.median_s, ours.min_s, ours.evals);
+        match theirs {
+            Ok(v) => {
+                let ts = v["median_s"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "| {name} | {} | {shape} | diffusers {} (torch {}) | {:.4} | {:.4} | {} | {} |",
+                    v["params"], v["diffusers"].as_str().unwrap_or("?"), v["torch"].as_str().unwrap_or("?"), ts, v["min_s"].as_f64().unwrap_or(f64::NAN), v["evals"], v["threads"]
+                );
+                notes.push(format!("{name}: ratio ddrep / diffusers (median time per eval) = {:.2}", ours.median_s / ts));
+            }
+            Err(why) => notes.push(format!("{name}: diffusers reference skipped ({why})")),
+        }
+    }
+    println!();
+    for n in notes {
+        println!("{n}");
+    }
+    if a.tiny_only {
+        println!("(full-size SD1.5 UNet skipped: --tiny-only)");
     }
     Ok(())
 }

@@ -3,15 +3,16 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::diffrep::{NamedTensor, SirenConfig};
-use crate::diffusion::{CfgConvention, Denoiser, Guidance, RepaintConfig};
+use crate::diffusion::{CfgConvention, Guidance, RepaintConfig};
 use crate::io::{ensure_out_dir, write_json, write_png, write_safetensors, CRATE_VERSION, GIT_COMMIT};
 use crate::methods::{run_method, DiffrepSpec, MethodSpec, SolverConfig};
 use crate::models::{AnalyticConfig, AnalyticPrior};
+use crate::pipeline::{decode_latents, load_sd15, load_vae, read_latents, Model, SD15_FOLDER_HOWTO};
 
 #[derive(Parser, Debug)]
 #[command(name = "ddrep", version, args_override_self = true, about = "Sample differentiable representations from a diffusion model (DDRep, NeurIPS 2024)")]
@@ -32,10 +33,31 @@ pub enum Command {
     Status(crate::experiment::StatusArgs),
     /// Write an sbatch job-array script whose tasks are the shards of an experiment.
     Slurm(crate::experiment::SlurmArgs),
-    /// Benchmarks; `ddrep bench siren` times Adam steps of 8 paper-size SIRENs.
+    /// Decode SD1.5 latents (a safetensors file) to PNGs with the VAE of a diffusers folder.
+    Decode(DecodeArgs),
+    /// Benchmarks: `siren` (Adam steps of 8 paper-size SIRENs), `unet` (SD1.5 UNet evals).
     Bench(crate::bench::BenchArgs),
     /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
     Compare(crate::report::compare::CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    /// Folder of a diffusers-format Stable Diffusion 1.5 (only vae/ is read).
+    #[arg(long, env = "DDREP_SD15")]
+    pub weights: Option<PathBuf>,
+    /// Safetensors file with latents [n, 4, h, w] (or [4, h, w]) in pipeline space.
+    #[arg(long)]
+    pub latents: PathBuf,
+    /// Tensor to decode (default: `latents`, or the file's only tensor).
+    #[arg(long)]
+    pub tensor: Option<String>,
+    /// Backend: cpu, or cuda when built with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -52,6 +74,9 @@ pub struct ModelArgs {
     /// Analytic mixture components (the prompt is always added).
     #[arg(long, value_delimiter = '|')]
     pub captions: Vec<String>,
+    /// SD1.5 latent size H,W (default: the UNet's sample_size, 64,64 for SD1.5 = 512x512 images).
+    #[arg(long, value_delimiter = ',')]
+    pub latent_size: Option<Vec<usize>>,
 }
 
 #[derive(Args, Debug)]
@@ -110,10 +135,15 @@ pub struct SampleArgs {
     pub out: PathBuf,
 }
 
-/// The denoiser named on the command line. The analytic prior mixes `captions` and `extra`.
-pub fn build_model(args: &ModelArgs, extra: &[String]) -> Result<AnalyticPrior> {
+/// The denoiser named on the command line, on `device`. The analytic prior mixes `captions`
+/// and `extra`; `--model sd15` loads the `--weights` folder (every problem with it is a
+/// one-line error here, before anything is written).
+pub fn build_model<B: Backend>(args: &ModelArgs, extra: &[String], device: &B::Device) -> Result<Model<B>> {
     match args.model.as_str() {
         "analytic" => {
+            if args.latent_size.is_some() {
+                bail!("--latent-size is for --model sd15; the analytic prior's shape is --analytic-shape C,H,W");
+            }
             let shape: [usize; 3] = args
                 .analytic_shape
                 .clone()
@@ -125,17 +155,18 @@ pub fn build_model(args: &ModelArgs, extra: &[String]) -> Result<AnalyticPrior> 
                     captions.push(p.clone());
                 }
             }
-            AnalyticPrior::new(AnalyticConfig { shape, captions, ..Default::default() })
+            Ok(Model::Analytic(AnalyticPrior::new(AnalyticConfig { shape, captions, ..Default::default() })?))
         }
         "sd15" => {
-            let how = "a diffusers-format Stable Diffusion 1.5 folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/, weights as *.safetensors), e.g. from `huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir DIR`";
-            match &args.weights {
-                None => bail!("--model sd15 needs --weights DIR (or DDREP_SD15): {how}"),
-                Some(d) if !d.join("model_index.json").is_file() => {
-                    bail!("{} is missing: --weights must point to {how}", d.join("model_index.json").display())
-                }
-                Some(_) => bail!("Stable Diffusion 1.5 is not wired into this build yet (issue 4); use --model analytic"),
-            }
+            let Some(dir) = &args.weights else {
+                bail!("--model sd15 needs --weights DIR (or DDREP_SD15): {SD15_FOLDER_HOWTO}");
+            };
+            let latent_size = match args.latent_size.as_deref() {
+                None => None,
+                Some([h, w]) => Some([*h, *w]),
+                Some(_) => bail!("--latent-size takes two numbers H,W (latent pixels; images are 8x larger for SD1.5)"),
+            };
+            Ok(Model::Sd15(Box::new(load_sd15::<B>(dir, latent_size, device)?)))
         }
         other => bail!("unknown model '{other}' (expected analytic or sd15)"),
     }
@@ -175,6 +206,13 @@ fn method_spec(a: &SampleArgs) -> Result<MethodSpec> {
     Ok(spec)
 }
 
+fn check_device(device: &str) -> Result<()> {
+    if !(device == "cpu" || (cfg!(feature = "cuda") && device == "cuda")) {
+        bail!("unknown or unavailable device '{}' (this build has: cpu{})", device, if cfg!(feature = "cuda") { ", cuda" } else { "" });
+    }
+    Ok(())
+}
+
 pub fn sample(a: &SampleArgs) -> Result<()> {
     // Validate everything before any work or any file is written.
     let spec = method_spec(a)?;
@@ -186,44 +224,47 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         bail!("--num-samples must be at least 1");
     }
     let guidance = Guidance::new(a.cfg, a.cfg_convention.parse::<CfgConvention>()?);
-    let model = build_model(&a.model, std::slice::from_ref(&a.prompt))?;
-    let [c, h, w] = Denoiser::<crate::backend::Cpu>::sample_shape(&model);
-    let siren = SirenConfig { resolution: [h, w], out_channels: c, width: a.width, depth: a.depth, embedding_size: a.embedding, ..Default::default() };
-    siren.validate()?;
-    let diffrep = DiffrepSpec::Siren(siren);
-    if !(a.device == "cpu" || (cfg!(feature = "cuda") && a.device == "cuda")) {
-        bail!("unknown or unavailable device '{}' (this build has: cpu{})", a.device, if cfg!(feature = "cuda") { ", cuda" } else { "" });
-    }
-    let out = ensure_out_dir(&a.out)?;
+    check_device(&a.device)?;
     match a.device.as_str() {
-        "cpu" => sample_on::<crate::backend::CpuAutodiff>(a, &model, &spec, &diffrep, guidance, &out, &Default::default()),
+        "cpu" => sample_on::<crate::backend::CpuAutodiff>(a, &spec, guidance, &Default::default()),
         #[cfg(feature = "cuda")]
-        "cuda" => sample_on::<crate::backend::CudaAutodiff>(a, &model, &spec, &diffrep, guidance, &out, &Default::default()),
+        "cuda" => sample_on::<crate::backend::CudaAutodiff>(a, &spec, guidance, &Default::default()),
         other => unreachable!("device '{other}' was validated above"),
     }
 }
 
 fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     a: &SampleArgs,
-    model: &AnalyticPrior,
     spec: &MethodSpec,
-    diffrep: &DiffrepSpec,
     guidance: Guidance,
-    out: &std::path::Path,
     device: &B::Device,
 ) -> Result<()> {
+    let model = build_model::<B::InnerBackend>(&a.model, std::slice::from_ref(&a.prompt), device)?;
+    let den = model.denoiser();
+    let [c, h, w] = den.sample_shape();
+    let siren = SirenConfig { resolution: [h, w], out_channels: c, width: a.width, depth: a.depth, embedding_size: a.embedding, ..Default::default() };
+    siren.validate()?;
+    let diffrep = DiffrepSpec::Siren(siren);
+    let out = ensure_out_dir(&a.out)?;
+
     let seeds: Vec<u64> = (0..a.num_samples as u64).map(|i| a.seed + i).collect();
-    let res = run_method::<B>(model, spec, diffrep, &vec![a.prompt.clone(); seeds.len()], guidance, &seeds, device)?;
+    let res = run_method::<B>(den, spec, &diffrep, &vec![a.prompt.clone(); seeds.len()], guidance, &seeds, device)?;
+    let (images, img_shape) = model.to_images(&res.images, res.shape, device)?;
     let mut files = Vec::new();
-    for (seed, img) in seeds.iter().zip(&res.images) {
+    for (seed, img) in seeds.iter().zip(&images) {
         let name = format!("sample_seed{seed}.png");
-        write_png(&out.join(&name), img, res.shape)?;
+        write_png(&out.join(&name), img, img_shape)?;
         files.push(name);
     }
     let n = seeds.len();
     let all: Vec<f32> = res.images.iter().flatten().cloned().collect();
     let [c, h, w] = res.shape;
-    write_safetensors(&out.join("output.safetensors"), &[NamedTensor { name: "image".into(), shape: vec![n, c, h, w], data: all }])?;
+    // SD1.5 samples are latents (pipeline space, `ddrep decode` reads them back).
+    let tensor_name = match model {
+        Model::Analytic(_) => "image",
+        Model::Sd15(_) => "latents",
+    };
+    write_safetensors(&out.join("output.safetensors"), &[NamedTensor { name: tensor_name.into(), shape: vec![n, c, h, w], data: all }])?;
     files.push("output.safetensors".into());
     if let Some(p) = &res.params {
         write_safetensors(&out.join("params.safetensors"), p)?;
@@ -233,8 +274,8 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
         "ddrep_version": CRATE_VERSION,
         "git_commit": GIT_COMMIT,
         "command": std::env::args().collect::<Vec<_>>(),
-        "model": Denoiser::<B::InnerBackend>::describe(model),
-        "model_config": model.config(),
+        "model": den.describe(),
+        "model_config": model.record()?,
         "method": spec,
         "diffrep": res.diffrep,
         "prompt": a.prompt,
@@ -243,17 +284,51 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
         "backend": std::any::type_name::<B>(),
         "nfe": res.nfe,
         "seconds": res.seconds,
+        "output_shape": [c, h, w],
+        "image_shape": img_shape,
         "files": files,
         "diagnostics": res.diagnostics,
     });
     write_json(&out.join("record.json"), &record)?;
-    println!("{} {} sample(s) of '{}' with {} (model: embedded analytic prior) -> {} [{} NFEs, {:.1} s]", n, spec.name(), a.prompt, a.diffrep, out.display(), res.nfe, res.seconds);
+    println!("{} {} sample(s) of '{}' with {} (model: {}) -> {} [{} NFEs, {:.1} s]", n, spec.name(), a.prompt, a.diffrep, model.label(), out.display(), res.nfe, res.seconds);
+    Ok(())
+}
+
+pub fn decode(a: &DecodeArgs) -> Result<()> {
+    check_device(&a.device)?;
+    match a.device.as_str() {
+        "cpu" => decode_on::<crate::backend::Cpu>(a, &Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => decode_on::<crate::backend::Cuda>(a, &Default::default()),
+        other => unreachable!("device '{other}' was validated above"),
+    }
+}
+
+fn decode_on<B: Backend>(a: &DecodeArgs, device: &B::Device) -> Result<()> {
+    let Some(dir) = &a.weights else {
+        bail!("ddrep decode needs --weights DIR (or DDREP_SD15): {SD15_FOLDER_HOWTO}");
+    };
+    let (latents, shape, name) = read_latents(&a.latents, a.tensor.as_deref())?;
+    let vae = load_vae::<B>(dir, device)?;
+    if shape[0] != vae.config.latent_channels {
+        bail!("{}: tensor '{name}' has {} channels but the VAE takes {} (shape {shape:?})", a.latents.display(), shape[0], vae.config.latent_channels);
+    }
+    let (images, img_shape) = decode_latents(&vae, &latents, shape, device)?;
+    let out = ensure_out_dir(&a.out)?;
+    let mut files = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let f = format!("{name}_{i}.png");
+        write_png(&out.join(&f), img, img_shape)?;
+        files.push(f);
+    }
+    println!("decoded {} latent(s) {:?} from {} -> {} image(s) {:?} in {}", latents.len(), shape, a.latents.display(), files.len(), img_shape, out.display());
     Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sample(a) => sample(&a),
+        Command::Decode(a) => decode(&a),
         Command::Demo(a) => crate::demo::demo(&a),
         Command::Bench(a) => crate::bench::bench(&a),
         Command::Compare(a) => crate::report::compare::compare(&a),
