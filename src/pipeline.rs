@@ -138,13 +138,6 @@ fn check_folder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Old diffusers VAE attention names -> current ones (as `Sd15::load` maps them).
-fn vae_key(k: &str) -> String {
-    if !k.contains(".attentions.") {
-        return k.to_string();
-    }
-    k.replace(".query.", ".to_q.").replace(".key.", ".to_k.").replace(".value.", ".to_v.").replace(".proj_attn.", ".to_out.0.")
-}
 
 /// Only the VAE of an SD1.5 folder (for `ddrep decode`): `vae/config.json` and its weights.
 pub fn load_vae<B: Backend>(dir: &Path, device: &B::Device) -> Result<AutoencoderKL<B>> {
@@ -156,29 +149,13 @@ pub fn load_vae<B: Backend>(dir: &Path, device: &B::Device) -> Result<Autoencode
         bail!("{}: part folder vae/ is missing: copy the complete diffusers SD1.5 folder", dir.display());
     }
     let cfg: VaeConfig = config::read_config(&vae_dir.join("config.json"))?;
-    let file = vae_weight_file(&vae_dir)?;
-    let mut ld = Loader::from_file("vae", WeightFile::open(&file, vae_key)?, device);
+    let file = crate::models::sd15::weight_file(&vae_dir, "diffusion_pytorch_model.safetensors")?;
+    let mut ld = Loader::from_file("vae", WeightFile::open(&file, crate::models::sd15::vae_key)?, device);
     let vae = AutoencoderKL::load(&mut ld, &cfg)?;
     ld.finish(false)?;
     Ok(vae)
 }
 
-fn vae_weight_file(vae_dir: &Path) -> Result<PathBuf> {
-    let p = vae_dir.join("diffusion_pytorch_model.safetensors");
-    if p.exists() {
-        return Ok(p);
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(vae_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    found.sort();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => bail!("{} is missing (no *.safetensors in {}): download the safetensors weights (.bin/.ckpt are not read)", p.display(), vae_dir.display()),
-        _ => bail!("{}: several *.safetensors files and no diffusion_pytorch_model.safetensors: keep one", vae_dir.display()),
-    }
-}
 
 /// Reads latents `[n, C, H, W]` (or one `[C, H, W]`) from a safetensors file: the tensor
 /// `name`, else `latents`, else the file's only tensor.

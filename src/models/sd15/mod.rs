@@ -61,7 +61,7 @@ pub struct Sd15<B: Backend> {
 
 /// The single weight file of a part folder: the diffusers/transformers name, else the only
 /// `*.safetensors` there.
-fn weight_file(part_dir: &Path, canonical: &str) -> Result<PathBuf> {
+pub(crate) fn weight_file(part_dir: &Path, canonical: &str) -> Result<PathBuf> {
     let p = part_dir.join(canonical);
     if p.exists() {
         return Ok(p);
@@ -96,7 +96,7 @@ fn text_encoder_key(k: &str) -> String {
 }
 
 /// Old diffusers VAE attention names (still in many SD1.5 files) -> current ones.
-fn vae_key(k: &str) -> String {
+pub(crate) fn vae_key(k: &str) -> String {
     if !k.contains(".attentions.") {
         return k.to_string();
     }
