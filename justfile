@@ -32,3 +32,9 @@ run FILE *OVERRIDES:
 # Done / pending / failed cells of an experiment.
 status FILE:
     cargo run --release -- status {{FILE}}
+
+# Run an experiment grid, then score it against its reference cells (Table 1 layout):
+# `just reproduce demo_table1`; `just reproduce table1` needs DDREP_SD15 and DDREP_COCO_CAPTIONS.
+reproduce NAME *OVERRIDES:
+    cargo run --release -- run experiments/{{NAME}}.yaml {{OVERRIDES}}
+    cargo run --release -- score experiments/{{NAME}}.yaml {{OVERRIDES}}

@@ -39,6 +39,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
     Compare(crate::report::compare::CompareArgs),
+    /// PSNR / SSIM of an experiment's cells against its reference cells, in Table 1's layout.
+    Score(crate::report::score::ScoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +334,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => crate::demo::demo(&a),
         Command::Bench(a) => crate::bench::bench(&a),
         Command::Compare(a) => crate::report::compare::compare(&a),
+        Command::Score(a) => crate::report::score::score(&a),
         Command::Run(a) => crate::experiment::run(&a),
         Command::Status(a) => crate::experiment::status(&a),
         Command::Slurm(a) => crate::experiment::slurm(&a),

@@ -1,7 +1,7 @@
 //! The models `ddrep sample` runs (the embedded analytic prior, or a Stable Diffusion 1.5
 //! folder) and the latent -> image path through the SD1.5 VAE that `sample` and `decode` use.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Result};
 use burn::tensor::{backend::Backend, Tensor, TensorData};

@@ -1,3 +1,5 @@
-//! Reports on finished samples: `ddrep compare` for images from anywhere.
+//! Reports on finished samples: `ddrep score` for experiment grids, `ddrep compare` for
+//! images from anywhere.
 
 pub mod compare;
+pub mod score;
