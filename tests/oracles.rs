@@ -251,3 +251,24 @@ fn repaint_forward_separated_form_matches_plain_form() {
     assert!((c1.repaint_noise().powi(2) - (c1.sigma_from.powi(2) - c1.sigma_to.powi(2))).abs() < 1e-9);
     let _ = Move::Reverse { from: 0 };
 }
+
+#[test]
+fn adam_reaches_the_exact_least_squares_solution() {
+    // The oracles above use the exact solve as a test double for Adam; here Adam, from the
+    // same warm start, must land on that solution (rescaled columns: an ill-conditioned fit).
+    use ddrep::diffrep::Diffrep;
+    use ddrep::methods::solver::fit;
+    let p = prior();
+    let rep = linear(&p, [2.0, 0.5, 1.0]);
+    let device = Default::default();
+    let seeds: Vec<u64> = (0..16).collect();
+    let target = noise(16, 99);
+    let start = rep.init(&seeds, &device).unwrap();
+    let exact = Diffrep::<CpuAutodiff>::exact_fit(&rep, &start, target.clone()).unwrap();
+    let adam = SolverConfig::Adam { steps: 600, lr: 0.05, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8 };
+    let fitted = fit(&rep, start, target, &adam).unwrap();
+    let (a, e) = (tensor_to_vec(fitted.theta.val().inner()), tensor_to_vec(exact.theta.val().inner()));
+    let worst = a.iter().zip(&e).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let scale = e.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-3 * scale.max(1.0), "Adam is {worst} from the exact solution (scale {scale})");
+}
