@@ -15,7 +15,7 @@ use super::cameras::{Camera, CylinderViews};
 use super::sine::SineBackend;
 use super::siren::{init_siren_params, siren_mlp, SirenConfig, SirenParams};
 use super::{Diffrep, MultiviewDiffrep, NamedTensor};
-use crate::tensor_util::{tensor_from_vec, tensor_to_vec};
+use crate::tensor_util::tensor_from_vec;
 
 fn d_out() -> usize {
     4
@@ -330,13 +330,7 @@ impl<B: AutodiffBackend + SineBackend> Diffrep<B> for PanoramaDiffrep<B> {
     }
 
     fn export(&self, params: &Self::Params) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        for (l, (w, b)) in params.weights.iter().zip(&params.biases).enumerate() {
-            for (kind, t) in [("weight", w.val()), ("bias", b.val())] {
-                out.push(NamedTensor { name: format!("layers.{l}.{kind}"), shape: t.dims().to_vec(), data: tensor_to_vec(t) });
-            }
-        }
-        out
+        params.export()
     }
 
     fn describe(&self) -> serde_json::Value {

@@ -164,6 +164,19 @@ pub struct SirenParams<B: Backend> {
     pub biases: Vec<Param<Tensor<B, 3>>>,
 }
 
+impl<B: Backend> SirenParams<B> {
+    /// Host copies named `layers.{l}.weight` / `layers.{l}.bias`, as in the safetensors export.
+    pub fn export(&self) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        for (l, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
+            for (kind, t) in [("weight", w.val()), ("bias", b.val())] {
+                out.push(NamedTensor { name: format!("layers.{l}.{kind}"), shape: t.dims().to_vec(), data: tensor_to_vec(t) });
+            }
+        }
+        out
+    }
+}
+
 /// A batch of image SIRENs on a fixed grid.
 pub struct SirenDiffrep<B: SineBackend> {
     config: SirenConfig,
@@ -270,13 +283,7 @@ impl<B: AutodiffBackend + SineBackend> Diffrep<B> for SirenDiffrep<B> {
     }
 
     fn export(&self, params: &Self::Params) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        for (l, (w, b)) in params.weights.iter().zip(&params.biases).enumerate() {
-            for (kind, t) in [("weight", w.val()), ("bias", b.val())] {
-                out.push(NamedTensor { name: format!("layers.{l}.{kind}"), shape: t.dims().to_vec(), data: tensor_to_vec(t) });
-            }
-        }
-        out
+        params.export()
     }
 
     fn describe(&self) -> serde_json::Value {
