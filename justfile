@@ -25,6 +25,12 @@ fixtures:
     python3 tools/fixtures/sd15_tiny/make_fixtures.py
     python3 tools/fixtures/metrics/make_fixtures.py
 
+# The Slurm job array on a real throwaway one-node Slurm (root; installs slurm-wlm and munge
+# with apt-get if missing): `just slurm-check`, or with grid overrides `just slurm-check 'cfg=[3]'`.
+slurm-check *OVERRIDES:
+    [ -x "$CARGO_TARGET_DIR/release/ddrep" ] || cargo build --release
+    DDREP_BIN="${DDREP_BIN:-$CARGO_TARGET_DIR/release/ddrep}" bash tools/slurm_check.sh {{OVERRIDES}}
+
 # Run (or resume) an experiment grid, e.g. `just run experiments/demo_table1.yaml cfg=[3]`.
 run FILE *OVERRIDES:
     cargo run --release -- run {{FILE}} {{OVERRIDES}}
