@@ -1,5 +1,5 @@
-//! DDRep and SJC over multiview diffreps on the analytic prior: the RePaint ablation on
-//! panoramas (a statistical test over seeds) and the demo NeRF end to end.
+//! DDRep and SJC over multiview diffreps on the analytic prior: the demo NeRF end to end,
+//! SJC over views, and bad input. The RePaint ablation is tests/repaint_ablation.rs.
 
 use std::time::Instant;
 
@@ -8,7 +8,7 @@ use ddrep::diffrep::cameras::{CylinderViews, SphereViews};
 use ddrep::diffrep::{PanoramaConfig, PanoramaDiffrep, VoxNerfConfig, VoxNerfDiffrep};
 use ddrep::diffusion::{chain_moves, nfe_count, CfgConvention, Guidance, RepaintConfig};
 use ddrep::methods::{ddrep_views, sjc_views, DdrepConfig, SjcConfig, SolverConfig};
-use ddrep::models::{AnalyticConfig, AnalyticKind, AnalyticPrior};
+use ddrep::models::{AnalyticConfig, AnalyticPrior};
 use ddrep::noise::SeededNoise;
 
 fn adam(steps: usize, lr: f64) -> SolverConfig {
@@ -17,13 +17,6 @@ fn adam(steps: usize, lr: f64) -> SolverConfig {
 
 fn prior(shape: [usize; 3]) -> AnalyticPrior {
     AnalyticPrior::new(AnalyticConfig { shape, captions: vec!["a mountain lake".into(), "a desert at noon".into()], ..Default::default() }).unwrap()
-}
-
-/// A stationary prior for panoramas: zero-mean Gaussian with the power-law spectrum (a
-/// caption's mean image would pull every view towards the same picture, which overlapping
-/// views cannot all show).
-fn stationary(shape: [usize; 3]) -> AnalyticPrior {
-    AnalyticPrior::new(AnalyticConfig { kind: AnalyticKind::Gaussian, shape, mean_scale: 0.0, ..Default::default() }).unwrap()
 }
 
 fn panorama() -> PanoramaDiffrep<CpuAutodiff> {
@@ -36,72 +29,6 @@ fn panorama() -> PanoramaDiffrep<CpuAutodiff> {
         ..Default::default()
     };
     PanoramaDiffrep::new(cfg, &Default::default()).unwrap()
-}
-
-fn mean_se(x: &[f64]) -> (f64, f64) {
-    let n = x.len() as f64;
-    let m = x.iter().sum::<f64>() / n;
-    let v = x.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (n - 1.0);
-    (m, (v / n).sqrt())
-}
-
-/// Paper §4.2 / Fig. 5 on the analytic prior: at equal NFEs, DDRep with RePaint ends with
-/// overlapping views that disagree less than without.
-///
-/// Ignored because it FAILS on this prior (measured when written: 16 seeds, 6 views of 8x12,
-/// zero-mean power-law Gaussian, eta = 1, Adam 40 x 1e-2): final disagreement of the update
-/// `target - render` RePaint 0.0113 ± 0.0001 vs none 0.0115 ± 0.0002, paired difference
-/// -0.0001 ± 0.0002 (not significant); at the same 10 levels -0.0003 ± 0.0002; trajectory
-/// means 0.0303 vs 0.0270 (RePaint higher). The analytic prior's denoiser acts on each view
-/// independently, so what disagrees is the views' own noise, which RePaint cannot harmonise;
-/// the paper's effect is about SD's content choices. Run with `--ignored` (about 40 s);
-/// `DDREP_ABLATION_SAME_LEVELS=1` adds the equal-levels arm.
-#[test]
-#[ignore = "RePaint shows no significant effect on the analytic prior; see the doc comment"]
-fn repaint_lowers_the_final_overlap_disagreement_of_panoramas_at_equal_nfes() {
-    let model = stationary([3, 8, 12]);
-    let rep = panorama();
-    let seeds: Vec<u64> = (100..116).collect();
-    let prompts = vec!["a mountain lake".to_string(); seeds.len()];
-    let g = Guidance::new(1.0, CfgConvention::Diffusers);
-    let device = Default::default();
-    let solver = adam(40, 1e-2);
-    let with = DdrepConfig { steps: 10, repaint: Some(RepaintConfig { jump_length: 1, jump_n_sample: 2 }), solver: solver.clone(), ..Default::default() };
-    let without = DdrepConfig { steps: 19, solver, ..Default::default() };
-    let run = |cfg: &DdrepConfig| {
-        let t = Instant::now();
-        let out = ddrep_views::<CpuAutodiff, _, _>(&model, &prompts, g, &rep, &seeds, cfg, &mut SeededNoise::new(&seeds), &device).unwrap();
-        let last = out.output.diagnostics.last().unwrap();
-        eprintln!(
-            "{} moves, {} NFEs, {:.2} s; last overlap {:?}",
-            out.output.diagnostics.len(),
-            out.output.nfe,
-            t.elapsed().as_secs_f64(),
-            last.overlap.as_ref().map(|o| o.iter().sum::<f64>() / o.len() as f64)
-        );
-        let traj: Vec<f64> = (0..seeds.len())
-            .map(|i| out.output.diagnostics.iter().map(|d| d.overlap.as_ref().unwrap()[i]).sum::<f64>() / out.output.diagnostics.len() as f64)
-            .collect();
-        eprintln!("  trajectory-mean overlap {:?}", mean_se(&traj));
-        (out.output.nfe, last.overlap.clone().unwrap(), out.output.diagnostics)
-    };
-    let (nfe_r, ov_r, diag_r) = run(&with);
-    let (nfe_n, ov_n, _) = run(&without);
-    if std::env::var("DDREP_ABLATION_SAME_LEVELS").is_ok() {
-        let (_, ov_s, _) = run(&DdrepConfig { steps: 10, ..without.clone() });
-        let d: Vec<f64> = ov_r.iter().zip(&ov_s).map(|(a, b)| a - b).collect();
-        eprintln!("same 10 levels without RePaint: {:?}; paired RePaint - none {:?}", mean_se(&ov_s), mean_se(&d));
-    }
-    assert_eq!((nfe_r, nfe_n), (19, 19), "the arms must spend equal NFEs");
-    assert!(diag_r.iter().all(|d| d.overlap.is_some()), "overlap must be logged at every step");
-    let diff: Vec<f64> = ov_r.iter().zip(&ov_n).map(|(a, b)| a - b).collect();
-    let ((mr, ser), (mn, sen), (md, sed)) = (mean_se(&ov_r), mean_se(&ov_n), mean_se(&diff));
-    let msg = format!(
-        "final overlap disagreement over {} seeds: RePaint {mr:.4} ± {ser:.4}, none {mn:.4} ± {sen:.4}, paired difference {md:.4} ± {sed:.4} (mean ± s.e.)",
-        seeds.len()
-    );
-    eprintln!("{msg}");
-    assert!(md + 2.0 * sed < 0.0, "RePaint does not lower the disagreement by 2 s.e.: {msg}");
 }
 
 fn demo_nerf() -> VoxNerfDiffrep {
