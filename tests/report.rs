@@ -237,6 +237,18 @@ fn report_bad_input_is_a_one_line_error() {
     // An empty file.
     put("");
     assert_one_line_error(&run(&[]), "is empty");
+    // inf (PSNR of identical images) is left out of the means, with a note.
+    let mut lines: Vec<String> = good.lines().map(str::to_string).collect();
+    let mut f: Vec<&str> = lines[1].split(',').collect();
+    f[6] = "inf";
+    lines[1] = f.join(",");
+    put(&(lines.join("\n") + "\n"));
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(root.join("report/index.html")).unwrap().contains("1 metric values in metrics.csv are inf or nan"));
+    let t = read_csv(&root.join("report/table1.csv"));
+    let r = t.iter().find(|r| r["method"] == "baseline" && r["metric"] == "psnr" && r["cfg"] == "0").unwrap();
+    assert_eq!(r["n"], "1", "the inf row is not counted");
     put(&good);
     // Malformed kid.csv.
     std::fs::write(root.join("kid.csv"), "label,cfg,kid\nddrep,3,0.1\n").unwrap();

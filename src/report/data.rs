@@ -102,14 +102,18 @@ impl Csv {
         s.parse().map_err(|_| anyhow!("{} line {}: column '{col}' is '{s}', not a number", self.name, row.0))
     }
 
-    /// An optional metric: absent column or empty field = not available; `nan` is read as such.
-    fn opt(&self, row: &(usize, Vec<String>), col: &str) -> Result<Option<f64>> {
+    /// An optional metric: absent column or empty field = not available; `inf` / `nan` are
+    /// counted in `nonfinite` and left out.
+    fn opt(&self, row: &(usize, Vec<String>), col: &str, nonfinite: &mut usize) -> Result<Option<f64>> {
         let Some(i) = self.col(col) else { return Ok(None) };
         let s = row.1[i].trim();
         if s.is_empty() {
             return Ok(None);
         }
         let v: f64 = s.parse().map_err(|_| anyhow!("{} line {}: column '{col}' is '{s}', not a number", self.name, row.0))?;
+        if !v.is_finite() {
+            *nonfinite += 1;
+        }
         Ok(v.is_finite().then_some(v))
     }
 }
@@ -129,6 +133,8 @@ pub struct MetricRow {
     pub psnr: Option<f64>,
     pub ssim: Option<f64>,
     pub lpips: Option<f64>,
+    /// Metric fields that were `inf` / `nan` (PSNR of identical images): left out of means.
+    pub nonfinite: usize,
 }
 
 impl MetricRow {
@@ -196,6 +202,8 @@ pub fn parse_metrics(path: &Path, text: &str) -> Result<Vec<MetricRow>> {
         if !cfg.is_finite() {
             bail!("{} line {}: cfg is not finite", csv.name, r.0);
         }
+        let mut nonfinite = 0;
+        let (psnr, ssim, lpips) = (csv.opt(r, "psnr", &mut nonfinite)?, csv.opt(r, "ssim", &mut nonfinite)?, csv.opt(r, "lpips", &mut nonfinite)?);
         out.push(MetricRow {
             label,
             cfg,
@@ -203,9 +211,10 @@ pub fn parse_metrics(path: &Path, text: &str) -> Result<Vec<MetricRow>> {
             seed: csv.num(r, "seed")?,
             cell,
             reference_cell,
-            psnr: csv.opt(r, "psnr")?,
-            ssim: csv.opt(r, "ssim")?,
-            lpips: csv.opt(r, "lpips")?,
+            psnr,
+            ssim,
+            lpips,
+            nonfinite,
         });
     }
     Ok(out)
@@ -235,8 +244,8 @@ pub fn parse_kid(path: &Path, text: &str) -> Result<Vec<KidRow>> {
             cfg,
             n: if csv.col("n").is_some() { csv.num(r, "n")? } else { 0 },
             n_baseline: if csv.col("n_baseline").is_some() { csv.num(r, "n_baseline")? } else { 0 },
-            kid_mean: csv.opt(r, "kid_mean")?,
-            kid_std: csv.opt(r, "kid_std")?,
+            kid_mean: csv.opt(r, "kid_mean", &mut 0)?,
+            kid_std: csv.opt(r, "kid_std", &mut 0)?,
         });
     }
     Ok(out)

@@ -135,6 +135,14 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     cells.sort_by(|a, b| (a.caption_index, a.seed).cmp(&(b.caption_index, b.seed)).then(a.cfg.total_cmp(&b.cfg)).then((rank(&a.label), &a.id).cmp(&(rank(&b.label), &b.id))));
 
     let out = root.join("report");
+    // plots/ and grids/ are wholly generated: drop files of an earlier report (e.g. a KID plot
+    // after kid.csv went away).
+    for sub in ["plots", "grids"] {
+        let d = out.join(sub);
+        if d.is_dir() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("cannot clear {}", d.display()))?;
+        }
+    }
     std::fs::create_dir_all(out.join("plots")).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::create_dir_all(out.join("grids"))?;
 
@@ -250,6 +258,10 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     }
     if kid.is_empty() {
         notes.push("KID: no kid.csv (not computed by ddrep score).".into());
+    }
+    let nonfinite: usize = rows.iter().map(|r| r.nonfinite).sum();
+    if nonfinite > 0 {
+        notes.push(format!("{nonfinite} metric values in metrics.csv are inf or nan (e.g. PSNR of identical images) and are left out of the means."));
     }
     let dropped = all_rows.len() - rows.len();
     if dropped > 0 {
