@@ -39,8 +39,17 @@ run FILE *OVERRIDES:
 status FILE:
     cargo run --release -- status {{FILE}}
 
-# Run an experiment grid, then score it against its reference cells (Table 1 layout):
+# Run an experiment grid, score it against its reference cells, and write its report (Table 1
+# as CSV/Markdown/LaTeX, plots, image grids, index.html under results/NAME/report/):
 # `just reproduce demo_table1`; `just reproduce table1` needs DDREP_SD15 and DDREP_COCO_CAPTIONS.
 reproduce NAME *OVERRIDES:
     cargo run --release -- run experiments/{{NAME}}.yaml {{OVERRIDES}}
     cargo run --release -- score experiments/{{NAME}}.yaml {{OVERRIDES}}
+    cargo run --release -- report experiments/{{NAME}}.yaml {{OVERRIDES}}
+
+# Checks (Rust, then headless Chromium, tools/gallery_check.sh) that a report's index.html has
+# no broken link or image and saves <report>/gallery.png; OUTDIR is outputs.dir if not results.
+# Check a report in headless Chromium and screenshot it: `just gallery-check demo_table1 [OUTDIR]`.
+gallery-check NAME OUTDIR="results":
+    cargo run --release -- report experiments/{{NAME}}.yaml --check outputs.dir={{OUTDIR}}
+    tools/gallery_check.sh {{OUTDIR}}/{{NAME}}/report

@@ -41,6 +41,8 @@ pub enum Command {
     Compare(crate::report::compare::CompareArgs),
     /// PSNR / SSIM of an experiment's cells against its reference cells, in Table 1's layout.
     Score(crate::report::score::ScoreArgs),
+    /// Table 1 (CSV, Markdown, LaTeX), plots, image grids and an index.html gallery of a scored grid.
+    Report(crate::report::generate::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -335,6 +337,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::bench(&a),
         Command::Compare(a) => crate::report::compare::compare(&a),
         Command::Score(a) => crate::report::score::score(&a),
+        Command::Report(a) => crate::report::generate::report(&a),
         Command::Run(a) => crate::experiment::run(&a),
         Command::Status(a) => crate::experiment::status(&a),
         Command::Slurm(a) => crate::experiment::slurm(&a),

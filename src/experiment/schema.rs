@@ -58,7 +58,7 @@ pub struct ExperimentFile {
     pub captions: CaptionsSpec,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<Exclude>,
-    /// Scores a report computes over the cells (recorded; `ddrep report` is not built yet).
+    /// Scores a report computes over the cells (recorded; `ddrep score` decides what it computes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metric>,
     #[serde(default)]

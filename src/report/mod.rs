@@ -1,5 +1,12 @@
 //! Reports on finished samples: `ddrep score` for experiment grids, `ddrep compare` for
-//! images from anywhere.
+//! images from anywhere, `ddrep report` for tables, plots, image grids and an HTML gallery of
+//! a scored grid.
 
 pub mod compare;
+pub mod data;
+pub mod gallery;
+pub mod generate;
+pub mod grids;
+pub mod plots;
 pub mod score;
+pub mod table;
