@@ -262,23 +262,6 @@ impl AnalyticPrior {
         Ok(Self { basis: DctBasis::new(shape), schedule: Schedule::sd15(), variances, components: vec![mean], config })
     }
 
-    /// A Gaussian mixture with given DCT-basis variances (shared by all components) and one
-    /// mean coefficient vector per component, equally weighted. The unconditional model (no
-    /// prompt, CFG scale 0) is the mixture; a prompt's conditional is its own hashed mean, as
-    /// for caption-keyed mixtures. Used where a test needs a prior whose modes it chooses.
-    pub fn mixture_with(shape: [usize; 3], variances: Vec<f64>, means: Vec<Vec<f64>>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if variances.len() != n || means.is_empty() || means.iter().any(|m| m.len() != n) {
-            bail!("mixture_with: {n} variances and at least one mean of {n} coefficients expected");
-        }
-        if variances.iter().any(|v| !(*v > 0.0 && v.is_finite())) || means.iter().flatten().any(|m| !m.is_finite()) {
-            bail!("mixture_with: variances must be positive and means finite");
-        }
-        let captions = (0..means.len()).map(|k| format!("component {k}")).collect();
-        let config = AnalyticConfig { kind: AnalyticKind::Mixture, shape, captions, ..Default::default() };
-        Ok(Self { basis: DctBasis::new(shape), schedule: Schedule::sd15(), variances, components: means, config })
-    }
-
     pub fn config(&self) -> &AnalyticConfig {
         &self.config
     }
