@@ -218,7 +218,9 @@ fn check_device(device: &str) -> Result<()> {
 pub fn sample(a: &SampleArgs) -> Result<()> {
     // Validate everything before any work or any file is written.
     let spec = method_spec(a)?;
-    let DiffrepSpec::Siren(_) = DiffrepSpec::default_for(&a.diffrep)?;
+    if !matches!(DiffrepSpec::default_for(&a.diffrep)?, DiffrepSpec::Siren(_)) {
+        bail!("ddrep sample draws image SIRENs only; run panoramas and NeRFs with `ddrep run` (experiments/demo_panorama_repaint.yaml, experiments/demo_nerf.yaml)");
+    }
     if !a.cfg.is_finite() {
         bail!("--cfg must be a finite number, got {}", a.cfg);
     }
