@@ -33,8 +33,20 @@ run FILE *OVERRIDES:
 status FILE:
     cargo run --release -- status {{FILE}}
 
+# Paper names -> experiment files (anything else is a file name under experiments/).
+experiment NAME:
+    #!/usr/bin/env bash
+    case "{{NAME}}" in
+        panorama|repaint-ablation) echo panorama_repaint ;;
+        demo-panorama|demo-repaint-ablation) echo demo_panorama_repaint ;;
+        fig4) echo fig4_diversity ;;
+        *) echo "{{NAME}}" ;;
+    esac
+
 # Run an experiment grid, then score it against its reference cells (Table 1 layout):
 # `just reproduce demo_table1`; `just reproduce table1` needs DDREP_SD15 and DDREP_COCO_CAPTIONS.
+# Paper names (`just experiment NAME`): panorama, repaint-ablation, nerf, fig4 (SD1.5, cuda);
+# grids without reference cells (panorama, nerf) are run, not scored.
 reproduce NAME *OVERRIDES:
-    cargo run --release -- run experiments/{{NAME}}.yaml {{OVERRIDES}}
-    cargo run --release -- score experiments/{{NAME}}.yaml {{OVERRIDES}}
+    cargo run --release -- run experiments/$({{just_executable()}} -f {{justfile()}} experiment {{NAME}}).yaml {{OVERRIDES}}
+    f=experiments/$({{just_executable()}} -f {{justfile()}} experiment {{NAME}}).yaml; if grep -q "method: reference" "$f"; then cargo run --release -- score "$f" {{OVERRIDES}}; fi

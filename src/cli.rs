@@ -35,7 +35,7 @@ pub enum Command {
     Slurm(crate::experiment::SlurmArgs),
     /// Decode SD1.5 latents (a safetensors file) to PNGs with the VAE of a diffusers folder.
     Decode(DecodeArgs),
-    /// Benchmarks: `siren` (Adam steps of 8 paper-size SIRENs), `unet` (SD1.5 UNet evals).
+    /// Benchmarks: `siren` (Adam steps of 8 paper-size SIRENs), `unet` (SD1.5 UNet evals), `views` (panorama and NeRF loops).
     Bench(crate::bench::BenchArgs),
     /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
     Compare(crate::report::compare::CompareArgs),

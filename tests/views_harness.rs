@@ -253,3 +253,38 @@ fn sd15_nerf_and_panorama_cells_write_vae_decoded_figures() {
     assert_one_line_error(&ddrep(&["run", pano.to_str().unwrap(), "diffrep.views.resolution=[8,20]"]), "multiples of 8");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// SJC's emptiness: `sum_i mean log(1 + scale w)` of the compositing weights, its weight x20
+/// from half the iterations on; and SJC's 1e-4 colour cut changes a render by little.
+#[test]
+fn emptiness_loss_and_weight_threshold_follow_sjc() {
+    use ddrep::backend::{Cpu, CpuAutodiff};
+    use ddrep::diffrep::cameras::SphereViews;
+    use ddrep::diffrep::{MultiviewDiffrep, VoxNerfConfig, VoxNerfDiffrep};
+    use ddrep::methods::EmptinessConfig;
+    use ddrep::noise::rng_for;
+    use ddrep::tensor_util::tensor_to_vec;
+    let device = Default::default();
+    let cfg = VoxNerfConfig { grid: 8, bound: 0.5, channels: 3, views: SphereViews { views: 2, resolution: [6, 6], ..Default::default() }, ..Default::default() };
+    assert_eq!(cfg.weight_threshold, 1e-4, "SJC's ray_march_weight_thres");
+    let rep = VoxNerfDiffrep::new(cfg.clone()).unwrap();
+    let seeds = [3u64, 4];
+    let params = ddrep::diffrep::Diffrep::<CpuAutodiff>::init(&rep, &seeds, &device).unwrap();
+    let views = MultiviewDiffrep::<CpuAutodiff>::sample_views(&rep, &mut [rng_for(3, "v"), rng_for(4, "v")], &device).unwrap();
+    let e = tensor_to_vec(MultiviewDiffrep::<CpuAutodiff>::emptiness(&rep, &params, &views, 10.0).unwrap().inner())[0] as f64;
+    let w = tensor_to_vec(rep.render_full(&params, &views).weights.inner());
+    let per_sample = w.len() / 2;
+    let want: f64 = (0..2).map(|s| w[s * per_sample..(s + 1) * per_sample].iter().map(|&x| (1.0 + 10.0 * x as f64).ln()).sum::<f64>() / per_sample as f64).sum();
+    assert!((e - want).abs() <= 1e-5 * want.abs().max(1.0), "emptiness {e} vs {want}");
+    assert!(want > 0.0);
+    let sched = EmptinessConfig::default();
+    assert_eq!((sched.weight_at(4999, 10_000), sched.weight_at(5000, 10_000)), (1e4, 2e5));
+    // The cut drops the colour of samples of weight < 1e-4 only.
+    let inner = burn::module::AutodiffModule::valid(&params);
+    let iviews = rep.prepare::<Cpu>(views.cameras.clone(), &device).unwrap();
+    let cut = tensor_to_vec(rep.render_full(&inner, &iviews).image);
+    let all = VoxNerfDiffrep::new(VoxNerfConfig { weight_threshold: 0.0, ..cfg }).unwrap();
+    let full = tensor_to_vec(all.render_full(&inner, &iviews).image);
+    let worst = cut.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 0.05, "the 1e-4 cut changed a pixel by {worst}");
+}
