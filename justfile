@@ -39,17 +39,33 @@ run FILE *OVERRIDES:
 status FILE:
     cargo run --release -- status {{FILE}}
 
+# Paper names -> experiment files (anything else is a file name under experiments/).
+experiment NAME:
+    #!/usr/bin/env bash
+    case "{{NAME}}" in
+        panorama|repaint-ablation) echo panorama_repaint ;;
+        demo-panorama|demo-repaint-ablation) echo demo_panorama_repaint ;;
+        fig4) echo fig4_diversity ;;
+        *) echo "{{NAME}}" ;;
+    esac
+
 # Run an experiment grid, score it against its reference cells, and write its report (Table 1
 # as CSV/Markdown/LaTeX, plots, image grids, index.html under results/NAME/report/):
 # `just reproduce demo_table1`; `just reproduce table1` needs DDREP_SD15 and DDREP_COCO_CAPTIONS.
+# Paper names (`just experiment NAME`): panorama, repaint-ablation, nerf, fig4 (SD1.5, cuda);
+# grids without reference cells (panorama, nerf) are run, not scored.
 reproduce NAME *OVERRIDES:
-    cargo run --release -- run experiments/{{NAME}}.yaml {{OVERRIDES}}
-    cargo run --release -- score experiments/{{NAME}}.yaml {{OVERRIDES}}
-    cargo run --release -- report experiments/{{NAME}}.yaml {{OVERRIDES}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    f=experiments/$({{just_executable()}} -f {{justfile()}} experiment {{NAME}}).yaml
+    cargo run --release -- run "$f" {{OVERRIDES}}
+    if grep -q "method: reference" "$f"; then
+        cargo run --release -- score "$f" {{OVERRIDES}}
+        cargo run --release -- report "$f" {{OVERRIDES}}
+    fi
 
 # Checks (Rust, then headless Chromium, tools/gallery_check.sh) that a report's index.html has
 # no broken link or image and saves <report>/gallery.png; OUTDIR is outputs.dir if not results.
-# Check a report in headless Chromium and screenshot it: `just gallery-check demo_table1 [OUTDIR]`.
 gallery-check NAME OUTDIR="results":
     cargo run --release -- report experiments/{{NAME}}.yaml --check outputs.dir={{OUTDIR}}
     tools/gallery_check.sh {{OUTDIR}}/{{NAME}}/report

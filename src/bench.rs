@@ -19,7 +19,7 @@ use crate::tensor_util::tensor_from_vec;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to benchmark: siren or unet.
+    /// What to benchmark: siren, unet or views (panorama and NeRF loops at demo size).
     pub what: String,
     #[arg(long, default_value_t = 8)]
     pub sirens: usize,
@@ -66,8 +66,88 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.what.as_str() {
         "siren" => bench_siren(a),
         "unet" => bench_unet(a),
-        other => bail!("unknown benchmark '{other}' (expected: siren, unet)"),
+        "views" => bench_views(a),
+        other => bail!("unknown benchmark '{other}' (expected: siren, unet, views)"),
     }
+}
+
+/// One timed multiview loop: wall seconds, NFEs, moves (or iterations).
+struct ViewsTiming {
+    seconds: f64,
+    nfe: usize,
+    moves: usize,
+}
+
+/// `ddrep bench views`: seconds per NFE of DDRep's panorama and NeRF loops and of SJC's NeRF
+/// loop at the demo sizes (`experiments/demo_panorama_repaint.yaml`, `demo_nerf.yaml`) on the
+/// analytic prior, on the CPU. The denoiser is the analytic prior (microseconds), so the time
+/// is the diffrep's: rendering and the inner Adam fits.
+fn bench_views(_a: &BenchArgs) -> Result<()> {
+    use crate::diffrep::cameras::{CylinderViews, SphereViews};
+    use crate::diffrep::{PanoramaConfig, PanoramaDiffrep, VoxNerfConfig, VoxNerfDiffrep};
+    use crate::diffusion::{CfgConvention, Guidance, RepaintConfig};
+    use crate::methods::{ddrep_views, sjc_views, DdrepConfig, EmptinessConfig, SjcConfig};
+    use crate::models::{AnalyticConfig, AnalyticPrior};
+    use crate::noise::SeededNoise;
+    let device = Default::default();
+    let threads = rayon::current_num_threads();
+    let prior = |shape: [usize; 3]| AnalyticPrior::new(AnalyticConfig { shape, captions: vec!["a mountain lake".into(), "a desert at noon".into()], ..Default::default() });
+    let g = Guidance::new(3.0, CfgConvention::Diffusers);
+    let prompts = vec!["a mountain lake".to_string()];
+    let seeds = [0u64];
+    let adam = |steps, lr| SolverConfig::Adam { steps, lr, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8 };
+    let mut rows: Vec<(String, String, ViewsTiming)> = Vec::new();
+
+    let pano = PanoramaDiffrep::<CpuAutodiff>::new(
+        PanoramaConfig {
+            out_channels: 3,
+            embedding_size: 32,
+            depth: 2,
+            width: 48,
+            views: CylinderViews { views: 6, focal_mm: 24.0, resolution: [8, 12], ..Default::default() },
+            ..Default::default()
+        },
+        &device,
+    )?;
+    let pm = prior([3, 8, 12])?;
+    for (label, cfg) in [
+        ("ddrep + RePaint (8 steps, 2 forward each)", DdrepConfig { steps: 8, repaint: Some(RepaintConfig { jump_length: 1, jump_n_sample: 3 }), solver: adam(40, 1e-2), ..Default::default() }),
+        ("ddrep, no RePaint (22 steps)", DdrepConfig { steps: 22, solver: adam(40, 1e-2), ..Default::default() }),
+    ] {
+        let t = Instant::now();
+        let out = ddrep_views::<CpuAutodiff, _, _>(&pm, &prompts, g, &pano, &seeds, &cfg, &mut SeededNoise::new(&seeds), &device)?;
+        rows.push(("panorama 6 views 8x12, SIREN 48x2, Adam 40".into(), label.into(), ViewsTiming { seconds: t.elapsed().as_secs_f64(), nfe: out.output.nfe, moves: out.output.diagnostics.len() }));
+    }
+
+    let nerf = VoxNerfDiffrep::new(VoxNerfConfig {
+        grid: 10,
+        bound: 0.5,
+        channels: 3,
+        feature_init_std: 0.0,
+        view_prompts: false,
+        views: SphereViews { views: 4, resolution: [8, 8], ..Default::default() },
+        ..Default::default()
+    })?;
+    let nm = prior([3, 8, 8])?;
+    let cfg = DdrepConfig { steps: 100, repaint: Some(RepaintConfig { jump_length: 1, jump_n_sample: 2 }), solver: adam(3, 0.1), ..Default::default() };
+    let t = Instant::now();
+    let out = ddrep_views::<CpuAutodiff, _, _>(&nm, &prompts, g, &nerf, &seeds, &cfg, &mut SeededNoise::new(&seeds), &device)?;
+    rows.push(("NeRF 10^3, 4 views 8x8, Adam 3".into(), "ddrep, paper schedule (100 + 99 RePaint)".into(), ViewsTiming { seconds: t.elapsed().as_secs_f64(), nfe: out.output.nfe, moves: out.output.diagnostics.len() }));
+    let sjc_cfg = SjcConfig { iters: 200, log_every: 0, emptiness: Some(EmptinessConfig::default()), ..Default::default() };
+    for (label, views) in [("sjc, 1 view an iteration, emptiness", 1usize), ("sjc, 4 views an iteration, emptiness", 4)] {
+        let rep = VoxNerfDiffrep::new(VoxNerfConfig { views: SphereViews { views, ..nerf.config().views.clone() }, ..nerf.config().clone() })?;
+        let t = Instant::now();
+        let out = sjc_views::<CpuAutodiff, _, _>(&nm, &prompts, g, &rep, &seeds, &sjc_cfg, &mut SeededNoise::new(&seeds), &device)?;
+        rows.push(("NeRF 10^3, views 8x8".into(), label.into(), ViewsTiming { seconds: t.elapsed().as_secs_f64(), nfe: out.output.nfe, moves: sjc_cfg.iters }));
+    }
+
+    println!("| diffrep (demo size) | loop | NFEs | moves | s | ms/NFE | ms/move | threads |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (what, label, t) in rows {
+        println!("| {what} | {label} | {} | {} | {:.2} | {:.1} | {:.1} | {threads} |", t.nfe, t.moves, t.seconds, 1000.0 * t.seconds / t.nfe as f64, 1000.0 * t.seconds / t.moves as f64);
+    }
+    println!("\n(analytic prior, burn 0.20.1 ndarray on the CPU: the time is the diffrep's renders and inner fits; a move is one reverse or RePaint forward step)");
+    Ok(())
 }
 
 fn bench_siren(a: &BenchArgs) -> Result<()> {

@@ -35,7 +35,7 @@ pub enum Command {
     Slurm(crate::experiment::SlurmArgs),
     /// Decode SD1.5 latents (a safetensors file) to PNGs with the VAE of a diffusers folder.
     Decode(DecodeArgs),
-    /// Benchmarks: `siren` (Adam steps of 8 paper-size SIRENs), `unet` (SD1.5 UNet evals).
+    /// Benchmarks: `siren` (Adam steps of 8 paper-size SIRENs), `unet` (SD1.5 UNet evals), `views` (panorama and NeRF loops).
     Bench(crate::bench::BenchArgs),
     /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
     Compare(crate::report::compare::CompareArgs),
@@ -220,7 +220,9 @@ fn check_device(device: &str) -> Result<()> {
 pub fn sample(a: &SampleArgs) -> Result<()> {
     // Validate everything before any work or any file is written.
     let spec = method_spec(a)?;
-    let DiffrepSpec::Siren(_) = DiffrepSpec::default_for(&a.diffrep)?;
+    if !matches!(DiffrepSpec::default_for(&a.diffrep)?, DiffrepSpec::Siren(_)) {
+        bail!("ddrep sample draws image SIRENs only; run panoramas and NeRFs with `ddrep run` (experiments/demo_panorama_repaint.yaml, experiments/demo_nerf.yaml)");
+    }
     if !a.cfg.is_finite() {
         bail!("--cfg must be a finite number, got {}", a.cfg);
     }

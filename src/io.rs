@@ -105,3 +105,38 @@ pub fn write_grid_png(path: &Path, images: &[Vec<f32>], shape: [usize; 3], cols:
     }
     write_png(path, &canvas, [3, gh, gw])
 }
+
+/// Encodes `[C, H, W]` frames in `[-1, 1]` (mapped as [`png_bytes`]) as an endlessly looping
+/// animated GIF, `delay_ms` per frame, each pixel repeated `zoom` x `zoom` times.
+pub fn gif_bytes(frames: &[Vec<f32>], shape: [usize; 3], zoom: usize, delay_ms: u32) -> Result<Vec<u8>> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let [c, h0, w0] = shape;
+    let zoom = zoom.max(1);
+    let (h, w) = (h0 * zoom, w0 * zoom);
+    if frames.is_empty() {
+        bail!("an animation needs at least one frame");
+    }
+    let plane = h * w;
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(Repeat::Infinite)?;
+        for (k, f) in frames.iter().enumerate() {
+            if f.len() != c * h0 * w0 {
+                bail!("frame {k} has {} values, shape {shape:?} needs {}", f.len(), c * h0 * w0);
+            }
+            let mut buf = Vec::with_capacity(plane * 4);
+            for i in 0..plane {
+                let src_px = (i / w / zoom) * w0 + (i % w) / zoom;
+                for ch in 0..3 {
+                    let src = if c >= 3 { ch } else { 0 };
+                    buf.push(to_u8(f[src * h0 * w0 + src_px]));
+                }
+                buf.push(255);
+            }
+            let img = image::RgbaImage::from_raw(w as u32, h as u32, buf).context("frame buffer size")?;
+            enc.encode_frame(image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(delay_ms, 1)))?;
+        }
+    }
+    Ok(out)
+}

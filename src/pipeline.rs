@@ -110,6 +110,52 @@ pub fn decode_latents<B: Backend>(
     Ok((out, img_shape))
 }
 
+/// [`decode_latents`] in vertical tiles of at most `max_w` latent columns, joined side by side:
+/// a wide panorama decodes in the memory of one tile (the VAE's mid-block attention is
+/// quadratic in the latent's area). The tiles are decoded independently, so a seam may show
+/// at their borders.
+pub fn decode_latents_tiled<B: Backend>(
+    vae: &AutoencoderKL<B>,
+    latents: &[Vec<f32>],
+    shape: [usize; 3],
+    max_w: usize,
+    device: &B::Device,
+) -> Result<(Vec<Vec<f32>>, [usize; 3])> {
+    let [c, h, w] = shape;
+    let max_w = max_w.max(1);
+    if w <= max_w {
+        return decode_latents(vae, latents, shape, device);
+    }
+    let tiles: Vec<(usize, usize)> = (0..w).step_by(max_w).map(|x0| (x0, (x0 + max_w).min(w))).collect();
+    let mut out = Vec::with_capacity(latents.len());
+    let mut img_shape = [0; 3];
+    for (i, l) in latents.iter().enumerate() {
+        if l.len() != c * h * w {
+            bail!("latent {i} has {} values, shape {shape:?} needs {}", l.len(), c * h * w);
+        }
+        let mut parts = Vec::new();
+        for &(x0, x1) in &tiles {
+            let tw = x1 - x0;
+            let tile: Vec<f32> = (0..c * h).flat_map(|row| l[row * w + x0..row * w + x1].iter().copied()).collect();
+            let (mut d, s) = decode_latents(vae, &[tile], [c, h, tw], device)?;
+            parts.push((d.remove(0), s));
+        }
+        let (ic, ih) = (parts[0].1[0], parts[0].1[1]);
+        let iw: usize = parts.iter().map(|p| p.1[2]).sum();
+        let mut img = vec![0.0f32; ic * ih * iw];
+        let mut xoff = 0;
+        for (d, [_, _, pw]) in &parts {
+            for row in 0..ic * ih {
+                img[row * iw + xoff..row * iw + xoff + pw].copy_from_slice(&d[row * pw..(row + 1) * pw]);
+            }
+            xoff += pw;
+        }
+        img_shape = [ic, ih, iw];
+        out.push(img);
+    }
+    Ok((out, img_shape))
+}
+
 /// Loads a Stable Diffusion 1.5 folder; `latent_size` overrides the UNet's `sample_size`.
 pub fn load_sd15<B: Backend>(dir: &Path, latent_size: Option<[usize; 2]>, device: &B::Device) -> Result<Sd15<B>> {
     check_folder(dir)?;

@@ -141,6 +141,8 @@ fn sphere_nerf(grid: usize, r: f64, sigma: f64, col: [f32; 3], bg: [f32; 3], rad
         channels: 3,
         background: 4,
         views: SphereViews { views: 2, fov_deg: 40.0, radius, resolution: [9, 9], elevation_deg: [20.0, 20.0], ..Default::default() },
+        // Every sample's colour counts, for the closed form (SJC's 1e-4 cut drops ~1e-3 of it).
+        weight_threshold: 0.0,
         ..Default::default()
     };
     let rep = VoxNerfDiffrep::new(cfg).unwrap();

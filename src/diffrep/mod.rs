@@ -78,4 +78,9 @@ pub trait MultiviewDiffrep<B: AutodiffBackend>: Diffrep<B> {
     fn overlap_disagreement(&self, _views: &Self::Views, _images: &[f32]) -> Option<Vec<f64>> {
         None
     }
+    /// SJC's emptiness regulariser `sum_i mean log(1 + scale w)` over the compositing weights
+    /// `w` of sample `i`'s views, where the diffrep has such weights (NeRFs); `None` else.
+    fn emptiness(&self, _params: &Self::Params, _views: &Self::Views, _scale: f64) -> Option<Tensor<B, 1>> {
+        None
+    }
 }

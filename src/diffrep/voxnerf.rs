@@ -8,7 +8,9 @@
 //! trilinear corners and weights) is computed once per batch of views on the host.
 //!
 //! Samples are laid out densely, `K` per ray (the longest chord through the box), padding
-//! masked; SJC's skipping of samples of weight < 1e-4 is not done (it changes nothing but speed).
+//! masked. As SJC (`ray_march_weight_thres`), samples whose compositing weight is below
+//! `weight_threshold` (1e-4) contribute no colour (their weight still counts in the
+//! background's `1 - sum(w)`, the opacity and the depth); the mask carries no gradient.
 
 use anyhow::{bail, Result};
 use burn::module::{Module, Param};
@@ -51,6 +53,12 @@ fn d_step() -> f64 {
 fn yes() -> bool {
     true
 }
+fn d_thres() -> f64 {
+    1e-4
+}
+fn d_turntable() -> usize {
+    16
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +98,13 @@ pub struct VoxNerfConfig {
     /// View-dependent prompt suffixes ("front view", ...), as DreamFusion and SJC.
     #[serde(default = "yes")]
     pub view_prompts: bool,
+    /// Samples of compositing weight below this contribute no colour (SJC's
+    /// `ray_march_weight_thres`, 1e-4; 0 = every sample).
+    #[serde(default = "d_thres")]
+    pub weight_threshold: f64,
+    /// Frames of the turntable the experiment harness writes (`turntable.png`, `.gif`).
+    #[serde(default = "d_turntable")]
+    pub turntable: usize,
 }
 
 impl Default for VoxNerfConfig {
@@ -107,6 +122,8 @@ impl Default for VoxNerfConfig {
             step_ratio: d_step(),
             views: SphereViews::default(),
             view_prompts: true,
+            weight_threshold: d_thres(),
+            turntable: d_turntable(),
         }
     }
 }
@@ -121,6 +138,12 @@ impl VoxNerfConfig {
         }
         if !(self.bound.is_finite() && self.bound > 0.0) {
             bail!("voxnerf.bound must be positive, got {}", self.bound);
+        }
+        if !(self.weight_threshold.is_finite() && (0.0..1.0).contains(&self.weight_threshold)) {
+            bail!("voxnerf.weight_threshold must be in [0, 1), got {}", self.weight_threshold);
+        }
+        if self.turntable == 0 {
+            bail!("voxnerf.turntable (frames) must be at least 1, got 0");
         }
         if !(self.step_ratio.is_finite() && self.step_ratio > 0.0) {
             bail!("voxnerf.step_ratio must be positive, got {}", self.step_ratio);
@@ -190,6 +213,8 @@ pub struct NerfRender<B: Backend> {
     pub opacity: Tensor<B, 3>,
     /// `sum w t / sum w` (0 where nothing is hit), `[n * V, H, W]`.
     pub depth: Tensor<B, 3>,
+    /// Compositing weights `w` of every sample, `[n * V * H * W, K]` (0 for padding).
+    pub weights: Tensor<B, 2>,
 }
 
 /// A batch of `n` voxel NeRFs.
@@ -377,7 +402,13 @@ impl VoxNerfDiffrep {
             .mul(views.weights.clone().reshape([rays * k, 8, 1]))
             .sum_dim(1)
             .reshape([rays, k, c]);
-        let color = (feats * wts.clone().reshape([rays, k, 1])).sum_dim(1).reshape([rays, c]);
+        let wc = if cfg.weight_threshold > 0.0 {
+            let keep = wts.clone().detach().greater_elem(cfg.weight_threshold).float();
+            wts.clone() * keep
+        } else {
+            wts.clone()
+        };
+        let color = (feats * wc.reshape([rays, k, 1])).sum_dim(1).reshape([rays, c]);
         let opacity = wts.clone().sum_dim(1); // [rays, 1]
         let g2 = params.background.dims()[1];
         let bg = params
@@ -390,8 +421,9 @@ impl VoxNerfDiffrep {
             .sum_dim(1)
             .reshape([rays, c]);
         let out = color + bg * opacity.clone().neg().add_scalar(1.0);
-        let depth = (wts * views.t.clone()).sum_dim(1) / opacity.clone().clamp_min(1e-10);
+        let depth = (wts.clone() * views.t.clone()).sum_dim(1) / opacity.clone().clamp_min(1e-10);
         NerfRender {
+            weights: wts,
             image: out.reshape([nv, h, w, c]).permute([0, 3, 1, 2]),
             opacity: opacity.reshape([nv, h, w]),
             depth: depth.reshape([nv, h, w]),
@@ -495,5 +527,14 @@ impl<B: AutodiffBackend> MultiviewDiffrep<B> for VoxNerfDiffrep {
 
     fn view_suffixes(&self, views: &Self::Views) -> Vec<Option<String>> {
         views.cameras.iter().map(|c| self.config.view_prompts.then(|| format!("{} view", c.label()))).collect()
+    }
+
+    /// SJC's emptiness: per sample, the mean of `log(1 + scale w)` over its views' rays and
+    /// samples, summed over samples.
+    fn emptiness(&self, params: &Self::Params, views: &Self::Views, scale: f64) -> Option<Tensor<B, 1>> {
+        let w = self.render_full(params, views).weights;
+        let [rays, k] = w.dims();
+        let n = params.density.dims()[0];
+        Some(w.mul_scalar(scale).log1p().sum().div_scalar((rays / n.max(1) * k) as f64))
     }
 }

@@ -368,20 +368,39 @@ struct Outcome<'a> {
 
 fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, pending: &[&'a Cell], device: &B::Device) -> Result<Outcome<'a>> {
     let (analytic, sd15);
+    let vae: Option<&crate::models::sd15::AutoencoderKL<B::InnerBackend>>;
+    let needed = p.file.diffrep.denoised_shape();
     let model: &dyn Denoiser<B::InnerBackend> = match &p.model {
         ResolvedModel::Analytic(c) => {
             analytic = AnalyticPrior::new(c.clone())?;
+            vae = None;
             &analytic
         }
         ResolvedModel::Sd15 { dir, .. } => {
-            sd15 = crate::models::sd15::Sd15::<B::InnerBackend>::load(dir, device)?;
+            let mut m = crate::models::sd15::Sd15::<B::InnerBackend>::load(dir, device)?;
+            if p.file.diffrep.is_multiview() {
+                // SD1.5 samples latents of any size the UNet divides: the views' size.
+                let k = 1usize << m.unet.config.block_out_channels.len().saturating_sub(1);
+                let [_, h, w] = needed;
+                if h % k != 0 || w % k != 0 {
+                    bail!("diffrep views of {h}x{w} latents: both sides must be multiples of {k} for this UNet");
+                }
+                m.set_latent_size(h, w);
+            }
+            sd15 = m;
+            vae = Some(&sd15.vae);
             &sd15
         }
     };
     let shape = model.sample_shape();
-    let crate::methods::DiffrepSpec::Siren(s) = &p.file.diffrep;
-    if [s.out_channels, s.resolution[0], s.resolution[1]] != shape && p.cells.iter().any(|c| !matches!(c.method, MethodSpec::Reference(_))) {
-        bail!("diffrep renders {:?} but the model samples {:?}: set diffrep.resolution and diffrep.out_channels to match", [s.out_channels, s.resolution[0], s.resolution[1]], shape);
+    if needed != shape && p.cells.iter().any(|c| !matches!(c.method, MethodSpec::Reference(_))) {
+        let what = if p.file.diffrep.is_multiview() { "views" } else { "renders" };
+        let fix = match p.file.diffrep {
+            crate::methods::DiffrepSpec::Siren(_) => "diffrep.resolution and diffrep.out_channels",
+            crate::methods::DiffrepSpec::Panorama(_) => "diffrep.views.resolution and diffrep.out_channels",
+            crate::methods::DiffrepSpec::Voxnerf(_) => "diffrep.views.resolution and diffrep.channels",
+        };
+        bail!("diffrep {what} {needed:?} but the model samples {shape:?}: set {fix} to match");
     }
     let term = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::with_draw_target(if term { indicatif::ProgressDrawTarget::stderr() } else { indicatif::ProgressDrawTarget::hidden() });
@@ -407,7 +426,7 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
             grid.inc(1);
             continue;
         }
-        match run_cell::<B>(p, store, c, model, device) {
+        match run_cell::<B>(p, store, c, model, vae, device) {
             Ok(n) => {
                 out.computed += 1;
                 out.nfe += n;
@@ -431,7 +450,14 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
 }
 
 /// Runs one cell and writes it; returns its NFE count.
-fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, c: &Cell, model: &dyn Denoiser<B::InnerBackend>, device: &B::Device) -> Result<usize> {
+fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
+    p: &Plan,
+    store: &Store,
+    c: &Cell,
+    model: &dyn Denoiser<B::InnerBackend>,
+    vae: Option<&crate::models::sd15::AutoencoderKL<B::InnerBackend>>,
+    device: &B::Device,
+) -> Result<usize> {
     let start = Instant::now();
     let guidance = Guidance::new(c.cfg, p.file.sampler.cfg_convention);
     let res = run_method::<B>(model, &c.method, &p.file.diffrep, std::slice::from_ref(&c.caption.text), guidance, &[c.run_seed], device)?;
@@ -445,6 +471,10 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, st
         crate::io::write_safetensors(&tmp.join("params.safetensors"), params)?;
         files.push("params.safetensors".into());
     }
+    let multiview = match &res.multiview {
+        Some(mv) => Some(write_multiview::<B::InnerBackend>(&tmp, img, res.shape, mv, vae, device, &mut files)?),
+        None => None,
+    };
     let weights = match &p.model {
         ResolvedModel::Sd15 { hashes, .. } => json!(hashes),
         ResolvedModel::Analytic(_) => serde_json::Value::Null,
@@ -473,9 +503,67 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, st
         "files": files,
         "diagnostics": res.diagnostics,
     });
+    let mut rec = rec;
+    if let Some(mv) = multiview {
+        rec["multiview"] = mv;
+    }
     let mut s = serde_json::to_string_pretty(&rec)?;
     s.push('\n');
     std::fs::write(tmp.join("cell.json"), s)?;
     store.commit(&c.id, &tmp)?;
     Ok(res.nfe)
+}
+
+/// Latent columns per VAE decode tile (wide panoramas decode in tiles).
+const DECODE_TILE: usize = 128;
+
+/// Pixels of the shorter side below which strips are magnified (analytic views are tiny).
+const STRIP_MIN_SIDE: usize = 64;
+
+/// The figures of a multiview cell: `image.png` (the canonical render: the whole panorama or
+/// a NeRF's front view; replaces the raw one), `views.png` (the final renders of the chain's
+/// views, one row), and for NeRFs `turntable.png` and `turntable.gif`. SD1.5 latents are
+/// decoded through the VAE first. Returns the cell record's `multiview` entry.
+fn write_multiview<B: burn::tensor::backend::Backend>(
+    dir: &Path,
+    image: &[f32],
+    image_shape: [usize; 3],
+    mv: &crate::methods::MultiviewResult,
+    vae: Option<&crate::models::sd15::AutoencoderKL<B>>,
+    device: &B::Device,
+    files: &mut Vec<String>,
+) -> Result<serde_json::Value> {
+    let decode = |imgs: &[Vec<f32>], shape: [usize; 3]| -> Result<(Vec<Vec<f32>>, [usize; 3])> {
+        match vae {
+            Some(v) => crate::pipeline::decode_latents_tiled(v, imgs, shape, DECODE_TILE, device),
+            None => Ok((imgs.to_vec(), shape)),
+        }
+    };
+    let zoom = |shape: [usize; 3]| (STRIP_MIN_SIDE / shape[1].min(shape[2]).max(1)).max(1);
+    let (im, ish) = decode(&[image.to_vec()], image_shape)?;
+    crate::io::write_grid_png(&dir.join("image.png"), &im, ish, 1, zoom(ish))?;
+    let (views, vsh) = decode(&mv.views, mv.view_shape)?;
+    crate::io::write_grid_png(&dir.join("views.png"), &views, vsh, mv.views_per_sample, zoom(vsh))?;
+    files.push("views.png".into());
+    let mut turntable_shape = None;
+    if let Some(tt) = &mv.turntable {
+        let (frames, tsh) = decode(tt, mv.view_shape)?;
+        crate::io::write_grid_png(&dir.join("turntable.png"), &frames, tsh, mv.turntable_per_sample, zoom(tsh))?;
+        std::fs::write(dir.join("turntable.gif"), crate::io::gif_bytes(&frames, tsh, zoom(tsh), 120)?)?;
+        files.push("turntable.png".into());
+        files.push("turntable.gif".into());
+        turntable_shape = Some(tsh);
+    }
+    Ok(json!({
+        "views_per_sample": mv.views_per_sample,
+        "view_shape": mv.view_shape,
+        "decoded_by_vae": vae.is_some(),
+        "image_shape": ish,
+        "view_image_shape": vsh,
+        "cameras": mv.cameras,
+        "turntable_frames": mv.turntable.as_ref().map(|_| mv.turntable_per_sample),
+        "turntable_image_shape": turntable_shape,
+        "final_residual": mv.final_residual,
+        "final_overlap": mv.final_overlap,
+    }))
 }

@@ -294,8 +294,7 @@ fn de_cfg<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
 
 fn de_diffrep<'de, D: Deserializer<'de>>(d: D) -> Result<DiffrepSpec, D::Error> {
     let spec = DiffrepSpec::deserialize(d)?;
-    let DiffrepSpec::Siren(s) = &spec;
-    s.validate().map_err(|e| de::Error::custom(format!("diffrep: {e}")))?;
+    spec.validate().map_err(|e| de::Error::custom(format!("diffrep: {e}")))?;
     Ok(spec)
 }
 
@@ -468,6 +467,9 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
 
 fn check(path: &Path, f: &ExperimentFile) -> Result<()> {
     let labels: Vec<String> = f.methods.iter().map(|m| m.label()).collect();
+    for (i, m) in f.methods.iter().enumerate() {
+        f.diffrep.check_method(&m.spec).map_err(|e| anyhow::anyhow!("{}: methods[{i}] ({}): {e}", path.display(), m.label()))?;
+    }
     for (i, x) in f.exclude.iter().enumerate() {
         if x.method.is_none() && x.cfg.is_none() && x.seed.is_none() && x.caption.is_none() {
             bail!("{}: exclude[{i}] is empty and would match every cell; give method, cfg, seed or caption", path.display());

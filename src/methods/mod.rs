@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 pub use ddrep::{ddrep, DdrepConfig, RepaintX0};
 pub use reference::{reference, ReferenceConfig};
 pub use sds::{sds, SdsConfig};
-pub use sjc::{sjc, SjcConfig};
-pub use run::{run_method, DiffrepSpec, MethodSpec, RunResult};
+pub use sjc::{sjc, EmptinessConfig, SjcConfig};
+pub use run::{run_method, DiffrepSpec, MethodSpec, MultiviewResult, RunResult};
 pub use solver::SolverConfig;
 pub use multiview::{ddrep_views, sjc_views, MultiviewOutput};
 

@@ -166,8 +166,9 @@ where
 
 /// SJC over a multiview diffrep: fresh views every iteration (from each sample's
 /// `"sjc-views"` stream), one sigma per sample and iteration shared by its views (from its
-/// `"sjc"` stream), the ascent direction averaged over the views. SJC's extra NeRF losses
-/// (emptiness, depth smoothness) are not included.
+/// `"sjc"` stream), the ascent direction averaged over the views. With `cfg.emptiness`, SJC's
+/// emptiness loss on the compositing weights is added (its depth loss, off in SJC's own
+/// runs, is not included).
 #[allow(clippy::too_many_arguments)]
 pub fn sjc_views<B, D, R>(
     model: &D,
@@ -226,7 +227,13 @@ where
         if cfg.log_every > 0 && (it % cfg.log_every == 0 || it + 1 == cfg.iters) {
             diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma: sig[0], residual: per_sample_rms(g.clone(), n), nfe, overlap: None });
         }
-        let l = (y * Tensor::<B, 4>::from_inner(g)).sum().div_scalar(v as f64).neg();
+        let mut l = (y * Tensor::<B, 4>::from_inner(g)).sum().div_scalar(v as f64).neg();
+        if let Some(e) = &cfg.emptiness {
+            let Some(empty) = rep.emptiness(&params, &views, e.scale) else {
+                bail!("sjc.emptiness needs a diffrep with compositing weights (voxnerf); '{}' has none", rep.name());
+            };
+            l = l + empty.mul_scalar(e.weight_at(it, cfg.iters));
+        }
         let grads = GradientsParams::from_grads(l.backward(), &params);
         params = optim.step(cfg.lr, params, grads);
     }

@@ -49,11 +49,73 @@ pub struct SjcConfig {
     /// Log a diagnostic every this many iterations.
     #[serde(default = "d_log")]
     pub log_every: usize,
+    /// Multiview diffreps: views rendered per iteration (SJC's NeRF: 1); absent: the
+    /// diffrep's own `views`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<usize>,
+    /// SJC's NeRF emptiness regulariser (voxel NeRFs only); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emptiness: Option<EmptinessConfig>,
 }
 
 impl Default for SjcConfig {
     fn default() -> Self {
-        Self { iters: d_iters(), lr: d_lr(), skip_high: d_skip_high(), skip_low: d_skip_low(), log_every: d_log() }
+        Self { iters: d_iters(), lr: d_lr(), skip_high: d_skip_high(), skip_low: d_skip_low(), log_every: d_log(), views: None, emptiness: None }
+    }
+}
+
+fn d_e_scale() -> f64 {
+    10.0
+}
+fn d_e_weight() -> f64 {
+    1e4
+}
+fn d_e_step() -> f64 {
+    0.5
+}
+fn d_e_mult() -> f64 {
+    20.0
+}
+
+/// SJC's emptiness loss (`run_sjc.py`): `weight * mean(log(1 + scale * w))` over the
+/// compositing weights `w` of a view's ray samples, its weight multiplied by `multiplier`
+/// from iteration `step * iters` on. Defaults are SJC's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmptinessConfig {
+    #[serde(default = "d_e_scale")]
+    pub scale: f64,
+    #[serde(default = "d_e_weight")]
+    pub weight: f64,
+    /// Fraction of the iterations after which the weight is multiplied.
+    #[serde(default = "d_e_step")]
+    pub step: f64,
+    #[serde(default = "d_e_mult")]
+    pub multiplier: f64,
+}
+
+impl Default for EmptinessConfig {
+    fn default() -> Self {
+        Self { scale: d_e_scale(), weight: d_e_weight(), step: d_e_step(), multiplier: d_e_mult() }
+    }
+}
+
+impl EmptinessConfig {
+    pub fn validate(&self) -> Result<()> {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !(ok(self.scale) && ok(self.weight) && ok(self.multiplier) && ok(self.step)) {
+            bail!("sjc.emptiness: scale, weight, step and multiplier must be finite and >= 0");
+        }
+        Ok(())
+    }
+
+    /// The loss weight at iteration `it` of `iters`.
+    pub fn weight_at(&self, it: usize, iters: usize) -> f64 {
+        if self.step * iters as f64 <= it as f64 {
+            self.weight * self.multiplier
+        } else {
+            self.weight
+        }
     }
 }
 
