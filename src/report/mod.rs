@@ -2,4 +2,5 @@
 //! images from anywhere.
 
 pub mod compare;
+pub mod metric_args;
 pub mod score;
