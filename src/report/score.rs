@@ -11,10 +11,9 @@
 //! computes the features of new cells. A metric whose weight files are missing is reported as
 //! unavailable (notice + `score.json`) and the others still run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -97,20 +96,14 @@ impl Notices {
     }
 }
 
-/// Images of cells, each read once.
+/// Reads cell images (not kept: a full SD grid's images do not fit in memory).
 struct Images {
     root: PathBuf,
-    cache: HashMap<String, Rc<Loaded>>,
 }
 
 impl Images {
-    fn get(&mut self, id: &str) -> Result<Rc<Loaded>> {
-        if let Some(i) = self.cache.get(id) {
-            return Ok(i.clone());
-        }
-        let img = Rc::new(load_rgb(&Store::cell_dir(&self.root, id).join("image.png"))?);
-        self.cache.insert(id.to_string(), img.clone());
-        Ok(img)
+    fn get(&self, id: &str) -> Result<Loaded> {
+        load_rgb(&Store::cell_dir(&self.root, id).join("image.png"))
     }
 }
 
@@ -170,13 +163,33 @@ impl FeatureCache {
         &mut self,
         ids: &[&str],
         net: &InceptionV3<Cpu>,
-        images: &mut Images,
+        images: &Images,
         notices: &mut Notices,
     ) -> Result<HashMap<String, Vec<f32>>> {
         let mut out = HashMap::new();
-        let mut todo: BTreeMap<[usize; 3], Vec<(String, Rc<Loaded>)>> = BTreeMap::new();
+        let device = Default::default();
+        // Uncached cells are computed in batches of one image size, streamed.
+        let mut pending: Vec<(String, Loaded)> = Vec::new();
+        let flush = |pending: &mut Vec<(String, Loaded)>, out: &mut HashMap<String, Vec<f32>>, this: &mut Self| -> Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let shape = pending[0].1.shape;
+            let bytes: Vec<u8> = pending.iter().flat_map(|(_, i)| i.bytes.iter().copied()).collect();
+            let f = net
+                .pool_features(&bytes, [pending.len(), 3, shape[1], shape[2]], ResizeMode::Torchmetrics, BATCH, &device)
+                .with_context(|| format!("Inception features of cell {}", pending[0].0))?;
+            for (k, (id, _)) in pending.iter().enumerate() {
+                let v = f.row(k).to_vec();
+                this.write(id, &v)?;
+                this.computed += 1;
+                out.insert(id.clone(), v);
+            }
+            pending.clear();
+            Ok(())
+        };
         for &id in ids {
-            if out.contains_key(id) || todo.values().flatten().any(|(t, _)| t == id) {
+            if out.contains_key(id) || pending.iter().any(|(t, _)| t == id) {
                 continue;
             }
             match self.read(id) {
@@ -192,23 +205,12 @@ impl FeatureCache {
                 }
             }
             let img = images.get(id)?;
-            todo.entry(img.shape).or_default().push((id.to_string(), img));
-        }
-        let device = Default::default();
-        for (shape, cells) in todo {
-            for chunk in cells.chunks(BATCH) {
-                let bytes: Vec<u8> = chunk.iter().flat_map(|(_, i)| i.bytes.iter().copied()).collect();
-                let f = net
-                    .pool_features(&bytes, [chunk.len(), 3, shape[1], shape[2]], ResizeMode::Torchmetrics, BATCH, &device)
-                    .with_context(|| format!("Inception features of cell {}", chunk[0].0))?;
-                for (k, (id, _)) in chunk.iter().enumerate() {
-                    let v = f.row(k).to_vec();
-                    self.write(id, &v)?;
-                    self.computed += 1;
-                    out.insert(id.clone(), v);
-                }
+            if pending.first().is_some_and(|(_, p)| p.shape != img.shape) || pending.len() == BATCH {
+                flush(&mut pending, &mut out, self)?;
             }
+            pending.push((id.to_string(), img));
         }
+        flush(&mut pending, &mut out, self)?;
         Ok(out)
     }
 }
@@ -278,7 +280,7 @@ pub fn score_plan(a: &ScoreArgs) -> Result<ScoreOutput> {
     // Per-cell metrics against the reference cell.
     let key = |c: &Cell| (cfg_key(c.cfg), c.caption_index, c.seed);
     let refs: HashMap<_, &Cell> = p.cells.iter().filter(|c| c.label == a.reference).map(|c| (key(c), c)).collect();
-    let mut images = Images { root: p.root.clone(), cache: HashMap::new() };
+    let images = Images { root: p.root.clone() };
     let (mut rows, mut missing) = (Vec::new(), 0);
     for c in p.cells.iter().filter(|c| c.label != a.reference) {
         let Some(r) = refs.get(&key(c)) else {
@@ -360,7 +362,7 @@ pub fn score_plan(a: &ScoreArgs) -> Result<ScoreOutput> {
             }
         }
         let all: Vec<&str> = groups.iter().flat_map(|(_, _, i, b)| i.iter().chain(b.iter()).copied()).collect();
-        let feats = fc.features(&all, net, &mut images, &mut notices)?;
+        let feats = fc.features(&all, net, &images, &mut notices)?;
         let matrix = |ids: &[&str], what: &str| -> Result<FeatureMatrix> {
             let data: Vec<f32> = ids.iter().flat_map(|id| feats[*id].iter().copied()).collect();
             Ok(FeatureMatrix::new(what, data, POOL_DIM)?)
