@@ -23,10 +23,11 @@ fn score_writes_table1_consistent_with_the_cells() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let root = dir.join("demo_table1");
     let csv = std::fs::read_to_string(root.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some("label,cfg,caption_index,seed,cell,reference_cell,psnr,ssim,lpips"));
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
     // baseline, ddrep, sjc x 1 CFG x 3 captions x 1 seed.
     assert_eq!(rows.len(), 9, "{csv}");
-    let psnr = |label: &str| -> Vec<f64> { rows.iter().filter(|r| r[0] == label).map(|r| r[4].parse().unwrap()).collect() };
+    let psnr = |label: &str| -> Vec<f64> { rows.iter().filter(|r| r[0] == label).map(|r| r[6].parse().unwrap()).collect() };
     let (d, s, b) = (psnr("ddrep"), psnr("sjc"), psnr("baseline"));
     assert!(d.iter().all(|&p| p >= 25.0), "ddrep {d:?}");
     assert!(s.iter().chain(&b).all(|&p| p < 25.0), "sjc {s:?} baseline {b:?}");
@@ -37,5 +38,11 @@ fn score_writes_table1_consistent_with_the_cells() {
     let block = table.split("ddrep vs reference").nth(1).unwrap();
     let want = format!("| PSNR | {m:.3} ± {sd:.3} |");
     assert!(block.contains(&want), "{want} not in {block}");
+    // Only the YAML's metrics (psnr, ssim) are computed: no LPIPS column values, no KID sets.
+    assert!(rows.iter().all(|r| r[8].is_empty()) && !table.contains("LPIPS"), "{csv}");
+    assert_eq!(std::fs::read_to_string(root.join("kid.csv")).unwrap().trim_end(), "label,cfg,n,n_baseline,subset_size,subsets,kid_mean,kid_std");
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("score.json")).unwrap()).unwrap();
+    assert_eq!(s["metrics_requested"], serde_json::json!(["psnr", "ssim"]));
+    assert_eq!(s["features_computed"], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::backend::Cpu;
-use crate::metrics::{self, mean_std, ImageBatch, InceptionV3, KidConfig, Lpips, ResizeMode, SsimConfig};
+use super::metric_args::{load_rgb as load, KidArgs, Loaded, WeightArgs};
+use crate::metrics::{self, mean_std, ImageBatch, ResizeMode, SsimConfig};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -19,42 +20,10 @@ pub struct CompareArgs {
     /// Metrics: psnr, ssim, lpips, kid.
     #[arg(long, default_value = "psnr,ssim", value_delimiter = ',')]
     pub metrics: Vec<String>,
-    /// LPIPS trunk: torchvision AlexNet `features.*` weights as safetensors.
-    #[arg(long, env = "DDREP_LPIPS_TRUNK")]
-    pub lpips_trunk: Option<PathBuf>,
-    /// LPIPS v0.1 linear heads: lpips' `weights/v0.1/alex.pth` (or a safetensors copy).
-    #[arg(long, env = "DDREP_LPIPS_HEADS")]
-    pub lpips_heads: Option<PathBuf>,
-    /// FID-variant Inception-v3 weights (`pt_inception-2015-12-05`) as safetensors, for KID.
-    #[arg(long, env = "DDREP_INCEPTION")]
-    pub inception: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    pub kid_subsets: usize,
-    /// Capped at the smaller set's size.
-    #[arg(long, default_value_t = 1000)]
-    pub kid_subset_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub kid_seed: u64,
-}
-
-/// An RGB image: `[3, H, W]` in [0, 1] and its 8-bit pixels.
-struct Loaded {
-    unit: Vec<f32>,
-    bytes: Vec<u8>,
-    shape: [usize; 3],
-}
-
-fn load(path: &Path) -> Result<Loaded> {
-    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let raw = img.into_raw();
-    let mut bytes = vec![0u8; raw.len()];
-    for (i, px) in raw.chunks(3).enumerate() {
-        for c in 0..3 {
-            bytes[c * h * w + i] = px[c];
-        }
-    }
-    Ok(Loaded { unit: bytes.iter().map(|&b| b as f32 / 255.0).collect(), bytes, shape: [3, h, w] })
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub kid: KidArgs,
 }
 
 /// The images of a file or folder, by file name.
@@ -100,10 +69,11 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
         bail!("no image names in common between {} and {}: per-image metrics pair files by name", a.a.display(), a.b.display());
     }
     let lpips = if want("lpips") {
-        match (&a.lpips_trunk, &a.lpips_heads) {
-            (Some(t), Some(h)) => Some(Lpips::<Cpu>::from_files(t, h, &device)?),
-            _ => {
-                println!("| lpips | unavailable: give --lpips-trunk (torchvision AlexNet `features.*` as safetensors) and --lpips-heads (lpips' weights/v0.1/alex.pth) | - |");
+        match a.weights.lpips::<Cpu>(&device) {
+            Ok(l) => Some(l),
+            Err(u) if u.configured => bail!("{u}"),
+            Err(u) => {
+                println!("| lpips | unavailable: {}; supply {} | - |", u.reason, u.supply);
                 None
             }
         }
@@ -141,10 +111,10 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
         }
     }
     if want("kid") {
-        match &a.inception {
-            None => println!("| kid | unavailable: give --inception (FID Inception-v3 weights as safetensors) | - |"),
-            Some(w) => {
-                let net = InceptionV3::<Cpu>::from_file(w, &device)?;
+        match a.weights.inception::<Cpu>(&device) {
+            Err(u) if u.configured => bail!("{u}"),
+            Err(u) => println!("| kid | unavailable: {}; supply {} | - |", u.reason, u.supply),
+            Ok((net, _)) => {
                 let feats = |set: &BTreeMap<String, PathBuf>| -> Result<metrics::FeatureMatrix> {
                     let imgs: Vec<Loaded> = set.values().map(|p| load(p)).collect::<Result<_>>()?;
                     let shape = imgs[0].shape;
@@ -155,7 +125,7 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
                     Ok(net.pool_features(&bytes, [imgs.len(), 3, shape[1], shape[2]], ResizeMode::Torchmetrics, 16, &device)?)
                 };
                 let (fa, fb) = (feats(&la)?, feats(&lb)?);
-                let cfg = KidConfig { subsets: a.kid_subsets, subset_size: a.kid_subset_size.min(fa.rows()).min(fb.rows()), seed: a.kid_seed, ..Default::default() };
+                let (cfg, _) = a.kid.config(fb.rows(), fa.rows());
                 let r = metrics::kid(&fb, &fa, &cfg)?;
                 println!("| kid | {:.6} ± {:.6} | {} vs {} (subsets {} of {}) |", r.mean, r.std, la.len(), lb.len(), cfg.subsets, cfg.subset_size);
             }

@@ -7,6 +7,7 @@ pub mod data;
 pub mod gallery;
 pub mod generate;
 pub mod grids;
+pub mod metric_args;
 pub mod plots;
 pub mod score;
 pub mod table;
