@@ -123,7 +123,7 @@ fn tile_grid(root: &Path, cs: &[&CellInfo], order: &[String], cols: &[(String, B
     let row_labels = table::ordered_labels(cs.iter().map(|c| c.label.clone()), order);
     let tiles = row_labels
         .iter()
-        .map(|l| cols.iter().map(|(_, m)| cs.iter().find(|c| &c.label == l && m(c) && c.has_file(file_name)).map(|c| Store::cell_dir(root, &c.id).join(file_name))).collect())
+        .map(|l| cols.iter().map(|(_, m)| cs.iter().find(|c| &c.label == l && m(c) && Store::cell_dir(root, &c.id).join(file_name).is_file()).map(|c| Store::cell_dir(root, &c.id).join(file_name))).collect())
         .collect();
     let spec = GridSpec { caption, subtitle, rows: row_labels, cols: cols.iter().map(|(h, _)| h.clone()).collect(), tiles };
     grids::write_grid(out, &spec)
@@ -357,9 +357,10 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         let caption = cs[0].caption.clone();
         let complete: Vec<&CellInfo> = cs.iter().copied().filter(|c| Store::is_complete(&root, &c.id)).collect();
         if multiview {
-            let turntable = complete.iter().any(|c| c.has_file("turntable.png"));
+            let on_disk = |c: &CellInfo, name: &str| Store::cell_dir(&root, &c.id).join(name).is_file();
+            let turntable = complete.iter().any(|c| on_disk(c, "turntable.png"));
             let (file_name, stem, what) = if turntable { ("turntable.png", "turntable", "turntable frames") } else { ("image.png", "panorama", "whole panorama") };
-            if !complete.iter().any(|c| c.has_file(file_name)) {
+            if !complete.iter().any(|c| on_disk(c, file_name)) {
                 continue;
             }
             let name = format!("{stem}_c{ci:03}_s{seed}.png");
@@ -376,7 +377,7 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         }
     }
     if !strips.is_empty() {
-        let turntable = cells.iter().any(|c| c.has_file("turntable.png"));
+        let turntable = cells.iter().any(|c| Store::cell_dir(&root, &c.id).join("turntable.png").is_file());
         let heading = if turntable { "Turntable strips (rows: methods, columns: CFG; each strip: the NeRF's turntable frames)" } else { "Panorama strips (rows: methods, columns: CFG)" };
         figure_groups.push((heading.to_string(), strips));
     }
