@@ -45,6 +45,8 @@ experiment NAME:
     case "{{NAME}}" in
         panorama|repaint-ablation) echo panorama_repaint ;;
         demo-panorama|demo-repaint-ablation) echo demo_panorama_repaint ;;
+        demo-nerf) echo demo_nerf ;;
+        demo-fig4) echo demo_fig4 ;;
         fig4) echo fig4_diversity ;;
         *) echo "{{NAME}}" ;;
     esac
@@ -53,7 +55,8 @@ experiment NAME:
 # as CSV/Markdown/LaTeX, plots, image grids, index.html under results/NAME/report/):
 # `just reproduce demo_table1`; `just reproduce table1` needs DDREP_SD15 and DDREP_COCO_CAPTIONS.
 # Paper names (`just experiment NAME`): panorama, repaint-ablation, nerf, fig4 (SD1.5, cuda);
-# grids without reference cells (panorama, nerf) are run, not scored.
+# grids without reference cells (panorama, nerf) are run and reported, not scored (their report:
+# multiview consistency table and plot, panorama / turntable strips).
 reproduce NAME *OVERRIDES:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -61,8 +64,8 @@ reproduce NAME *OVERRIDES:
     cargo run --release -- run "$f" {{OVERRIDES}}
     if grep -q "method: reference" "$f"; then
         cargo run --release -- score "$f" {{OVERRIDES}}
-        cargo run --release -- report "$f" {{OVERRIDES}}
     fi
+    cargo run --release -- report "$f" {{OVERRIDES}}
 
 # Checks (Rust, then headless Chromium, tools/gallery_check.sh) that a report's index.html has
 # no broken link or image and saves <report>/gallery.png; OUTDIR is outputs.dir if not results.

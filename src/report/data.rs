@@ -267,6 +267,20 @@ pub struct CellInfo {
     pub model: String,
     pub nfe: Option<u64>,
     pub wall_seconds: Option<f64>,
+    /// The cell has a `multiview` entry (panorama or NeRF).
+    pub multiview: bool,
+    /// `multiview.final_overlap[0]`: the panorama's overlap disagreement after the last step.
+    pub final_overlap: Option<f64>,
+    /// `multiview.final_residual[0]`: DDRep's RMS of render - target after the last fit.
+    pub final_residual: Option<f64>,
+    /// `files` of cell.json (image.png, views.png, turntable.gif, ...).
+    pub files: Vec<String>,
+}
+
+impl CellInfo {
+    pub fn has_file(&self, name: &str) -> bool {
+        self.files.iter().any(|f| f == name)
+    }
 }
 
 /// Reads `cells/<id>/cell.json`.
@@ -299,7 +313,20 @@ pub fn read_cell(cells_dir: &Path, id: &str) -> Result<CellInfo> {
         model,
         nfe: v.get("nfe").and_then(|x| x.as_u64()),
         wall_seconds: v.get("wall_seconds").and_then(|x| x.as_f64()),
+        multiview: v.get("multiview").is_some_and(|m| m.is_object()),
+        final_overlap: first_number(v.get("multiview").and_then(|m| m.get("final_overlap"))),
+        final_residual: first_number(v.get("multiview").and_then(|m| m.get("final_residual"))),
+        files: v.get("files").and_then(|f| f.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default(),
     })
+}
+
+/// A number, or the first of a list of numbers (one entry per sample); null / empty: None.
+fn first_number(v: Option<&serde_json::Value>) -> Option<f64> {
+    match v? {
+        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_f64()),
+        x => x.as_f64(),
+    }
+    .filter(|x| x.is_finite())
 }
 
 /// Sorted distinct CFG scales.

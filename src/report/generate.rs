@@ -1,6 +1,10 @@
 //! `ddrep report FILE [overrides]`: turns a scored grid (`metrics.csv`, `kid.csv`,
 //! `score.json` from `ddrep score`, and the cells' `cell.json`) into `<results>/<name>/report/`:
-//! Table 1 as CSV / Markdown / LaTeX, plots (PNG + SVG), image grids and `index.html`.
+//! Table 1 as CSV / Markdown / LaTeX, plots (PNG + SVG), image grids and `index.html`. A grid
+//! without a `reference` method needs no `metrics.csv`: its report is built from the cells
+//! (multiview consistency table and plots, panorama / turntable strips, diversity over seeds).
+//! Every report adds the diversity table when a method x CFG x caption has several seeds, and
+//! diversity grids (rows methods, columns seeds: Fig. 4) when the grid has 3 seeds or more.
 //! Reading the results needs neither the model weights nor the caption file.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,7 +14,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
 use super::data::{self, cfg_text, distinct_cfgs, CellInfo, KidRow, Metric, MetricRow};
-use super::gallery::{self, Gallery};
+use super::figures;
+use super::gallery::{self, Gallery, TableSection};
 use super::grids::{self, GridSpec};
 use super::plots::{self, PlotSpec, Series};
 use super::table::{self, Table};
@@ -35,7 +40,12 @@ pub struct ReportArgs {
 #[derive(Debug)]
 pub struct ReportOutput {
     pub dir: PathBuf,
-    pub table: Table,
+    /// Table 1 (None: the grid has no metrics.csv).
+    pub table: Option<Table>,
+    /// Multiview consistency per method x CFG (empty unless the cells are multiview).
+    pub consistency: Vec<figures::ConsistencyRow>,
+    /// Diversity over seeds (empty with fewer than 2 seeds per group).
+    pub diversity: Vec<figures::DiversityRow>,
     pub plots: Vec<PathBuf>,
     pub grids: Vec<PathBuf>,
     pub index: PathBuf,
@@ -79,7 +89,49 @@ fn read_score_json(path: &Path) -> Result<ScoreInfo> {
     Ok(ScoreInfo { reference: s("reference").or_else(|| s("reference_label")), baseline: s("baseline").or_else(|| s("baseline_label")), notes })
 }
 
+/// The finished cells of the grid, for a grid without `metrics.csv`: by `plan` (exact cell
+/// ids) when it resolves (analytic prior, or SD1.5 weights present), else by scanning
+/// `cells/` for this grid's labels, CFG scales and seeds (a note says so).
+fn grid_cells(file: &Path, overrides: &[String], f: &schema::ExperimentFile, root: &Path, labels: &[String], notes: &mut Vec<String>) -> Result<Vec<CellInfo>> {
+    let cells_dir = root.join("cells");
+    match crate::experiment::plan(file, overrides) {
+        Ok(p) => p.cells.iter().filter(|c| Store::is_complete(root, &c.id)).map(|c| data::read_cell(&cells_dir, &c.id)).collect(),
+        Err(e) => {
+            let mut out = Vec::new();
+            if cells_dir.is_dir() {
+                let mut ids: Vec<String> = std::fs::read_dir(&cells_dir)
+                    .with_context(|| format!("cannot list {}", cells_dir.display()))?
+                    .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(str::to_string)))
+                    .filter(|id| Store::is_complete(root, id))
+                    .collect();
+                ids.sort();
+                for id in ids {
+                    let c = data::read_cell(&cells_dir, &id)?;
+                    if labels.contains(&c.label) && f.cfg.contains(&c.cfg) && f.seeds.0.contains(&c.seed) {
+                        out.push(c);
+                    }
+                }
+            }
+            notes.push(format!("cells found by scanning cells/ for this grid's labels, CFG scales and seeds (the grid's cell ids need its model: {e:#})."));
+            Ok(out)
+        }
+    }
+}
+
+/// One strip / tile grid per `key`: rows labels, columns `cols` (heading, matcher).
+fn tile_grid(root: &Path, cs: &[&CellInfo], order: &[String], cols: &[(String, Box<dyn Fn(&CellInfo) -> bool + '_>)], file_name: &str, caption: String, subtitle: String, out: &Path) -> Result<()> {
+    let row_labels = table::ordered_labels(cs.iter().map(|c| c.label.clone()), order);
+    let tiles = row_labels
+        .iter()
+        .map(|l| cols.iter().map(|(_, m)| cs.iter().find(|c| &c.label == l && m(c) && Store::cell_dir(root, &c.id).join(file_name).is_file()).map(|c| Store::cell_dir(root, &c.id).join(file_name))).collect())
+        .collect();
+    let spec = GridSpec { caption, subtitle, rows: row_labels, cols: cols.iter().map(|(h, _)| h.clone()).collect(), tiles };
+    grids::write_grid(out, &spec)
+}
+
 /// Writes the report of `file` (with `overrides`); `reference` overrides score.json's label.
+/// Without `metrics.csv` (a grid with no `reference` method: panoramas, NeRFs) it builds what
+/// the cells support: the consistency table and plots, strips, diversity, the gallery.
 pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) -> Result<ReportOutput> {
     let f = schema::load(file, overrides)?;
     let labels: Vec<String> = f.methods.iter().map(|m| m.label()).collect();
@@ -95,44 +147,60 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         bail!("{}: the grid is empty (no method x cfg x seed cell is left): nothing to report", file.display());
     }
     let root = f.outputs.dir.join(&f.name);
+    let has_reference = f.methods.iter().any(|m| matches!(m.spec, crate::methods::MethodSpec::Reference(_)));
     let metrics_path = root.join("metrics.csv");
-    if !metrics_path.exists() {
+    let scored = metrics_path.exists();
+    if !scored && has_reference {
         bail!("{} not found: run `ddrep score {}` first", metrics_path.display(), file.display());
     }
-    let text = std::fs::read_to_string(&metrics_path).with_context(|| format!("cannot read {}", metrics_path.display()))?;
-    let all_rows = data::parse_metrics(&metrics_path, &text)?;
-    if all_rows.is_empty() {
-        bail!("{} has no scored cells: the grid is empty or unfinished (run ddrep run, then ddrep score)", metrics_path.display());
-    }
-    // Only the rows of this grid (the overrides may select part of what was scored).
-    let rows: Vec<MetricRow> = all_rows.iter().filter(|r| f.cfg.contains(&r.cfg) && f.seeds.0.contains(&r.seed) && labels.contains(&r.label)).cloned().collect();
-    if rows.is_empty() {
-        bail!("none of the {} rows of {} is in this grid (labels {}, cfg {:?}): score it with the same overrides", all_rows.len(), metrics_path.display(), labels.join(", "), f.cfg);
-    }
-    let score = read_score_json(&root.join("score.json"))?;
+    let mut notes = Vec::new();
+    let (all_rows, rows) = if scored {
+        let text = std::fs::read_to_string(&metrics_path).with_context(|| format!("cannot read {}", metrics_path.display()))?;
+        let all_rows = data::parse_metrics(&metrics_path, &text)?;
+        if all_rows.is_empty() {
+            bail!("{} has no scored cells: the grid is empty or unfinished (run ddrep run, then ddrep score)", metrics_path.display());
+        }
+        // Only the rows of this grid (the overrides may select part of what was scored).
+        let rows: Vec<MetricRow> = all_rows.iter().filter(|r| f.cfg.contains(&r.cfg) && f.seeds.0.contains(&r.seed) && labels.contains(&r.label)).cloned().collect();
+        if rows.is_empty() {
+            bail!("none of the {} rows of {} is in this grid (labels {}, cfg {:?}): score it with the same overrides", all_rows.len(), metrics_path.display(), labels.join(", "), f.cfg);
+        }
+        (all_rows, rows)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let score = if scored { read_score_json(&root.join("score.json"))? } else { ScoreInfo::default() };
     let reference = reference.map(str::to_string).or(score.reference.clone()).unwrap_or_else(|| "reference".into());
     let baseline = score.baseline.clone().unwrap_or_else(|| "baseline".into());
     let kid_path = root.join("kid.csv");
-    let kid: Vec<KidRow> = if kid_path.exists() {
+    let kid: Vec<KidRow> = if scored && kid_path.exists() {
         let t = std::fs::read_to_string(&kid_path).with_context(|| format!("cannot read {}", kid_path.display()))?;
         data::parse_kid(&kid_path, &t)?.into_iter().filter(|k| f.cfg.contains(&k.cfg)).collect()
     } else {
         Vec::new()
     };
 
-    // The cells: every scored cell and its reference.
+    // The cells: every scored cell and its reference; unscored: the grid's finished cells.
     let cells_dir = root.join("cells");
-    let mut ids: BTreeSet<String> = BTreeSet::new();
-    for r in &rows {
-        ids.insert(r.cell.clone());
-        if let Some(rc) = &r.reference_cell {
-            ids.insert(rc.clone());
+    let mut cells: Vec<CellInfo> = if scored {
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        for r in &rows {
+            ids.insert(r.cell.clone());
+            if let Some(rc) = &r.reference_cell {
+                ids.insert(rc.clone());
+            }
         }
+        ids.iter().map(|id| data::read_cell(&cells_dir, id)).collect::<Result<_>>()?
+    } else {
+        grid_cells(file, overrides, &f, &root, &labels, &mut notes)?
+    };
+    if cells.is_empty() {
+        bail!("{}: no finished cells of this grid: run `ddrep run {}` first (with the same overrides)", root.display(), file.display());
     }
-    let mut cells: Vec<CellInfo> = ids.iter().map(|id| data::read_cell(&cells_dir, id)).collect::<Result<_>>()?;
     let order = table::ordered_labels(cells.iter().map(|c| c.label.clone()), &labels);
     let rank = |l: &str| order.iter().position(|x| x == l).unwrap_or(usize::MAX);
     cells.sort_by(|a, b| (a.caption_index, a.seed).cmp(&(b.caption_index, b.seed)).then(a.cfg.total_cmp(&b.cfg)).then((rank(&a.label), &a.id).cmp(&(rank(&b.label), &b.id))));
+    let multiview = cells.iter().any(|c| c.multiview);
 
     let out = root.join("report");
     // plots/ and grids/ are wholly generated: drop files of an earlier report (e.g. a KID plot
@@ -145,13 +213,45 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     }
     std::fs::create_dir_all(out.join("plots")).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::create_dir_all(out.join("grids"))?;
+    // Tables of an earlier report that this one does not write.
+    for stale in ["consistency.csv", "consistency.md", "diversity.csv", "diversity.md"] {
+        let _ = std::fs::remove_file(out.join(stale));
+    }
 
     // Tables.
-    let paper = if f.name == "table1" { Some(table::parse_paper(table::PAPER_TABLE1_CSV)?) } else { None };
-    let t = Table::build(&rows, &labels, &reference, paper.as_deref());
-    let title = format!("{}: metrics vs {}", f.name, reference);
-    let kid_md = (!kid.is_empty()).then(|| table::kid_markdown(&kid, &labels, &baseline));
-    table::write_tables(&out, &t, kid_md.as_deref(), &title)?;
+    let t = if scored {
+        let paper = if f.name == "table1" { Some(table::parse_paper(table::PAPER_TABLE1_CSV)?) } else { None };
+        let t = Table::build(&rows, &labels, &reference, paper.as_deref());
+        let title = format!("{}: metrics vs {}", f.name, reference);
+        let kid_md = (!kid.is_empty()).then(|| table::kid_markdown(&kid, &labels, &baseline));
+        table::write_tables(&out, &t, kid_md.as_deref(), &title)?;
+        Some(t)
+    } else {
+        None
+    };
+    let mut sections = Vec::new();
+    let consistency = if multiview { figures::consistency_rows(&cells, &order) } else { Vec::new() };
+    if !consistency.is_empty() {
+        crate::io::write_atomic(&out.join("consistency.csv"), figures::consistency_csv(&consistency).as_bytes())?;
+        crate::io::write_atomic(&out.join("consistency.md"), figures::consistency_markdown(&consistency, &format!("{}: multiview consistency", f.name)).as_bytes())?;
+        sections.push(TableSection {
+            id: "consistency".into(),
+            title: "Multiview consistency (final overlap disagreement, final residual)".into(),
+            links: vec![("consistency.csv".into(), "consistency.csv".into()), ("consistency.md".into(), "consistency.md".into())],
+            html: figures::consistency_html(&consistency),
+        });
+    }
+    let diversity = figures::diversity_rows(&root, &cells, &order)?;
+    if !diversity.is_empty() {
+        crate::io::write_atomic(&out.join("diversity.csv"), figures::diversity_csv(&diversity).as_bytes())?;
+        crate::io::write_atomic(&out.join("diversity.md"), figures::diversity_markdown(&diversity, &format!("{}: diversity over seeds", f.name)).as_bytes())?;
+        sections.push(TableSection {
+            id: "diversity".into(),
+            title: "Diversity over seeds (mean pairwise RMS distance)".into(),
+            links: vec![("diversity.csv".into(), "diversity.csv".into()), ("diversity.md".into(), "diversity.md".into())],
+            html: figures::diversity_html(&diversity),
+        });
+    }
 
     // Plots.
     let mut plot_list = Vec::new();
@@ -210,54 +310,134 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         plot_list.insert(0, ("KID vs CFG".into(), "plots/kid_vs_cfg.png".into(), "plots/kid_vs_cfg.svg".into()));
         plot_files.insert(0, stem.with_extension("png"));
     }
+    // Consistency plots: the RePaint on / off ablation figure (overlap) and the residual.
+    if !consistency.is_empty() {
+        let ccfgs = distinct_cfgs(consistency.iter().map(|r| r.cfg));
+        let plots_of: [(&str, &str, &str, fn(&figures::ConsistencyRow) -> Option<figures::SeStat>); 2] = [
+            ("overlap", "Final overlap disagreement", "overlap disagreement (mean ± s.e., lower is better)", |r| r.overlap),
+            ("residual", "Final multiview residual", "residual RMS (mean ± s.e.)", |r| r.residual),
+        ];
+        for (key, name, y_desc, get) in plots_of {
+            let series: Vec<Series> = table::ordered_labels(consistency.iter().map(|r| r.label.clone()), &order)
+                .into_iter()
+                .map(|l| Series { points: ccfgs.iter().map(|c| consistency.iter().find(|r| r.label == l && r.cfg == *c).and_then(get).map(|s| s.bar())).collect(), label: l })
+                .filter(|s| s.points.iter().any(Option::is_some))
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let spec = PlotSpec {
+                title: format!("{name} vs CFG scale ({})", f.name),
+                x_desc: "CFG scale".into(),
+                y_desc: y_desc.into(),
+                x_ticks: ccfgs.iter().map(|c| cfg_text(*c)).collect(),
+                series,
+            };
+            let stem = out.join("plots").join(format!("{key}_vs_cfg"));
+            plots::write_plot(&stem, &spec)?;
+            plot_list.push((format!("{name} vs CFG"), format!("plots/{key}_vs_cfg.png"), format!("plots/{key}_vs_cfg.svg")));
+            plot_files.push(stem.with_extension("png"));
+        }
+    }
 
-    // Grids: one per caption x seed.
+    // Grids: one per caption x seed (rows methods, columns CFG); multiview cells as strips
+    // (the whole panorama, or a NeRF's turntable).
     let mut by_cs: BTreeMap<(usize, u64), Vec<&CellInfo>> = BTreeMap::new();
     for c in &cells {
         by_cs.entry((c.caption_index, c.seed)).or_default().push(c);
     }
     let mut grid_list = Vec::new();
     let mut grid_files = Vec::new();
+    let mut figure_groups: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut strips = Vec::new();
     for ((ci, seed), cs) in &by_cs {
-        let row_labels = table::ordered_labels(cs.iter().map(|c| c.label.clone()), &order);
-        let cols = distinct_cfgs(cs.iter().map(|c| c.cfg));
-        let tiles = row_labels
-            .iter()
-            .map(|l| {
-                cols.iter()
-                    .map(|w| cs.iter().find(|c| &c.label == l && c.cfg == *w).filter(|c| Store::is_complete(&root, &c.id)).map(|c| Store::cell_dir(&root, &c.id).join("image.png")))
-                    .collect()
-            })
-            .collect();
+        let ccfgs = distinct_cfgs(cs.iter().map(|c| c.cfg));
+        let cols: Vec<(String, Box<dyn Fn(&CellInfo) -> bool>)> =
+            grids::cfg_cols(&ccfgs).into_iter().zip(ccfgs.iter().copied()).map(|(h, w)| (h, Box::new(move |c: &CellInfo| c.cfg == w) as Box<dyn Fn(&CellInfo) -> bool>)).collect();
         let caption = cs[0].caption.clone();
-        let spec = GridSpec { caption: caption.clone(), subtitle: format!("caption {ci}, seed {seed} — rows: methods, columns: CFG scale"), rows: row_labels, cols, tiles };
-        let name = format!("grid_c{ci:03}_s{seed}.png");
-        let path = out.join("grids").join(&name);
-        grids::write_grid(&path, &spec)?;
-        grid_list.push((format!("caption {ci}, seed {seed}: {caption}"), format!("grids/{name}")));
-        grid_files.push(path);
+        let complete: Vec<&CellInfo> = cs.iter().copied().filter(|c| Store::is_complete(&root, &c.id)).collect();
+        if multiview {
+            let on_disk = |c: &CellInfo, name: &str| Store::cell_dir(&root, &c.id).join(name).is_file();
+            let turntable = complete.iter().any(|c| on_disk(c, "turntable.png"));
+            let (file_name, stem, what) = if turntable { ("turntable.png", "turntable", "turntable frames") } else { ("image.png", "panorama", "whole panorama") };
+            if !complete.iter().any(|c| on_disk(c, file_name)) {
+                continue;
+            }
+            let name = format!("{stem}_c{ci:03}_s{seed}.png");
+            let path = out.join("grids").join(&name);
+            tile_grid(&root, &complete, &order, &cols, file_name, caption.clone(), format!("caption {ci}, seed {seed}: {what} — rows: methods, columns: CFG scale"), &path)?;
+            strips.push((format!("caption {ci}, seed {seed}: {caption}"), format!("grids/{name}")));
+            grid_files.push(path);
+        } else {
+            let name = format!("grid_c{ci:03}_s{seed}.png");
+            let path = out.join("grids").join(&name);
+            tile_grid(&root, &complete, &order, &cols, "image.png", caption.clone(), format!("caption {ci}, seed {seed} — rows: methods, columns: CFG scale"), &path)?;
+            grid_list.push((format!("caption {ci}, seed {seed}: {caption}"), format!("grids/{name}")));
+            grid_files.push(path);
+        }
+    }
+    if !strips.is_empty() {
+        let turntable = cells.iter().any(|c| Store::cell_dir(&root, &c.id).join("turntable.png").is_file());
+        let heading = if turntable { "Turntable strips (rows: methods, columns: CFG; each strip: the NeRF's turntable frames)" } else { "Panorama strips (rows: methods, columns: CFG)" };
+        figure_groups.push((heading.to_string(), strips));
+    }
+    // Diversity grids (Fig. 4): one per caption x CFG, rows methods, columns seeds, when the
+    // grid has at least 3 seeds.
+    if !multiview && f.seeds.0.len() >= 3 {
+        let mut by_cw: BTreeMap<(usize, u64), Vec<&CellInfo>> = BTreeMap::new();
+        for c in cells.iter().filter(|c| Store::is_complete(&root, &c.id)) {
+            by_cw.entry((c.caption_index, c.cfg.to_bits())).or_default().push(c);
+        }
+        let mut list = Vec::new();
+        for ((ci, wb), cs) in &by_cw {
+            let w = f64::from_bits(*wb);
+            let mut seeds: Vec<u64> = cs.iter().map(|c| c.seed).collect();
+            seeds.sort();
+            seeds.dedup();
+            if seeds.len() < 2 {
+                continue;
+            }
+            let cols: Vec<(String, Box<dyn Fn(&CellInfo) -> bool>)> = seeds.iter().map(|&s| (format!("seed {s}"), Box::new(move |c: &CellInfo| c.seed == s) as Box<dyn Fn(&CellInfo) -> bool>)).collect();
+            let wt = cfg_text(w);
+            let name = format!("diversity_c{ci:03}_cfg{wt}.png");
+            let path = out.join("grids").join(&name);
+            tile_grid(&root, cs, &order, &cols, "image.png", cs[0].caption.clone(), format!("caption {ci}, CFG {wt} — rows: methods, columns: seeds"), &path)?;
+            list.push((format!("caption {ci}, CFG {wt}: {}", cs[0].caption), format!("grids/{name}")));
+            grid_files.push(path);
+        }
+        if !list.is_empty() {
+            figure_groups.push(("Diversity over seeds (rows: methods, columns: seeds)".into(), list));
+        }
     }
 
     // Gallery.
-    let mut data_links = vec![
-        ("table1.md".to_string(), "table1.md".to_string()),
-        ("table1.csv".to_string(), "table1.csv".to_string()),
-        ("table1.tex (booktabs)".to_string(), "table1.tex".to_string()),
-        ("metrics.csv".to_string(), "../metrics.csv".to_string()),
-    ];
-    for extra in ["kid.csv", "score.json"] {
-        if root.join(extra).exists() {
-            data_links.push((extra.to_string(), format!("../{extra}")));
+    let mut data_links = Vec::new();
+    if scored {
+        data_links = vec![
+            ("table1.md".to_string(), "table1.md".to_string()),
+            ("table1.csv".to_string(), "table1.csv".to_string()),
+            ("table1.tex (booktabs)".to_string(), "table1.tex".to_string()),
+            ("metrics.csv".to_string(), "../metrics.csv".to_string()),
+        ];
+        for extra in ["kid.csv", "score.json"] {
+            if root.join(extra).exists() {
+                data_links.push((extra.to_string(), format!("../{extra}")));
+            }
         }
     }
-    let mut notes = score.notes;
-    for m in Metric::ALL {
-        if !rows.iter().any(|r| r.metric(m).is_some()) {
-            notes.push(format!("{} is not in metrics.csv (not computed by ddrep score).", m.name()));
-        }
+    if root.join("experiment.json").exists() {
+        data_links.push(("experiment.json (resolved grid)".to_string(), "../experiment.json".to_string()));
     }
-    if kid.is_empty() {
-        notes.push("KID: no kid.csv (not computed by ddrep score).".into());
+    notes.extend(score.notes);
+    if scored {
+        for m in Metric::ALL {
+            if !rows.iter().any(|r| r.metric(m).is_some()) {
+                notes.push(format!("{} is not in metrics.csv (not computed by ddrep score).", m.name()));
+            }
+        }
+        if kid.is_empty() {
+            notes.push("KID: no kid.csv (not computed by ddrep score).".into());
+        }
     }
     let nonfinite: usize = rows.iter().map(|r| r.nonfinite).sum();
     if nonfinite > 0 {
@@ -271,10 +451,12 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         experiment: f.name.clone(),
         description: f.description.clone(),
         reference: reference.clone(),
-        table_html: t.to_html(),
+        table_html: t.as_ref().map(Table::to_html).unwrap_or_default(),
         data_links,
         plots: plot_list,
         grids: grid_list,
+        tables: sections,
+        figures: figure_groups,
         cells: &cells,
         rows: &rows,
         notes,
@@ -285,7 +467,7 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     if !bad.is_empty() {
         bail!("{}: {} broken links, first: {}", index.display(), bad.len(), bad[0]);
     }
-    Ok(ReportOutput { dir: out, table: t, plots: plot_files, grids: grid_files, index })
+    Ok(ReportOutput { dir: out, table: t, consistency, diversity, plots: plot_files, grids: grid_files, index })
 }
 
 pub fn report(a: &ReportArgs) -> Result<()> {
@@ -303,7 +485,18 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         return Ok(());
     }
     let o = build_report(&a.file, &a.overrides, a.reference.as_deref())?;
-    print!("{}", o.table.to_markdown(&format!("{}", o.dir.display())));
-    println!("\nwrote {}/{{table1.csv, table1.md, table1.tex}}, {} plots (PNG + SVG), {} grids, {}", o.dir.display(), o.plots.len(), o.grids.len(), o.index.display());
+    let mut tables = Vec::new();
+    if let Some(t) = &o.table {
+        print!("{}", t.to_markdown(&format!("{}", o.dir.display())));
+        tables.push("table1.csv, table1.md, table1.tex");
+    }
+    if !o.consistency.is_empty() {
+        print!("{}", figures::consistency_markdown(&o.consistency, &format!("{}: multiview consistency", o.dir.display())));
+        tables.push("consistency.csv, consistency.md");
+    }
+    if !o.diversity.is_empty() {
+        tables.push("diversity.csv, diversity.md");
+    }
+    println!("\nwrote {}/{{{}}}, {} plots (PNG + SVG), {} grids, {}", o.dir.display(), tables.join(", "), o.plots.len(), o.grids.len(), o.index.display());
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod data;
+pub mod figures;
 pub mod gallery;
 pub mod generate;
 pub mod grids;
