@@ -107,7 +107,7 @@ fn demo_panorama_cells_record_the_overlap_disagreement_and_write_the_panorama() 
     let cells = cells(&out.join("demo_panorama_repaint"));
     assert_eq!(cells.len(), 2);
     for (d, rec) in &cells {
-        assert_eq!(rec["nfe"], 22, "{}: equal NFEs", rec["label"]);
+        assert_eq!(rec["nfe"], 19, "{}: equal NFEs", rec["label"]);
         let diags = rec["diagnostics"].as_array().unwrap();
         assert!(diags.iter().all(|s| s["overlap"].as_array().is_some_and(|o| o.len() == 1)), "overlap at every step");
         assert_eq!(&rec["multiview"]["final_overlap"], &diags.last().unwrap()["overlap"]);
