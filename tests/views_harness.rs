@@ -288,3 +288,36 @@ fn emptiness_loss_and_weight_threshold_follow_sjc() {
     let worst = cut.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst < 0.05, "the 1e-4 cut changed a pixel by {worst}");
 }
+
+/// Single-view cells on SD1.5 write the VAE decode as image.png (what Table 1 scores) and
+/// keep the latent in output.safetensors.
+#[test]
+fn sd15_siren_and_reference_cells_write_the_decoded_image() {
+    let weights = format!("{}/tests/fixtures/sd15_tiny/model", env!("CARGO_MANIFEST_DIR"));
+    let out = tmp("sd15_siren");
+    std::fs::create_dir_all(&out).unwrap();
+    let yaml = out.join("sd15_siren.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "name: sd15_siren\nmodel: {{name: sd15, weights: {weights}}}\n\
+             diffrep: {{diffrep: siren, resolution: [16, 16], out_channels: 4, embedding_size: 8, width: 16, depth: 1}}\n\
+             sampler: {{steps: 2}}\n\
+             methods:\n  - {{method: reference}}\n  - {{method: ddrep, solver: {{kind: adam, steps: 1, lr: 0.01}}}}\n\
+             cfg: [3]\nseeds: [0]\ncaptions: {{inline: [a red bicycle]}}\noutputs: {{dir: {}}}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    ok(&ddrep(&["run", yaml.to_str().unwrap()]));
+    let cells = cells(&out.join("sd15_siren"));
+    assert_eq!(cells.len(), 2);
+    for (d, rec) in &cells {
+        assert_eq!(rec["image_decoded_by_vae"], true, "{}", rec["label"]);
+        assert_eq!(rec["shape"], serde_json::json!([4, 16, 16]));
+        assert_eq!(png_size(&d.join("image.png")), (128, 128), "{}: the tiny VAE upsamples 8x", rec["label"]);
+        let bytes = std::fs::read(d.join("output.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("image").unwrap().shape(), &[1, 4, 16, 16], "the latent is kept");
+    }
+}

@@ -465,7 +465,16 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     let img = &res.images[0];
     let [ch, h, w] = res.shape;
     let mut files = vec!["image.png".to_string(), "output.safetensors".to_string()];
-    std::fs::write(tmp.join("image.png"), png_bytes(img, res.shape)?)?;
+    // On SD1.5 the sample is a latent: image.png is its VAE decode (what Table 1 scores);
+    // output.safetensors keeps the latent. Multiview cells decode their own figures below.
+    let decoded = match (vae, &res.multiview) {
+        (Some(v), None) => Some(crate::pipeline::decode_latents(v, std::slice::from_ref(img), res.shape, device)?),
+        _ => None,
+    };
+    match &decoded {
+        Some((d, shape)) => std::fs::write(tmp.join("image.png"), png_bytes(&d[0], *shape)?)?,
+        None => std::fs::write(tmp.join("image.png"), png_bytes(img, res.shape)?)?,
+    }
     crate::io::write_safetensors(&tmp.join("output.safetensors"), &[NamedTensor { name: "image".into(), shape: vec![1, ch, h, w], data: img.clone() }])?;
     if let Some(params) = &res.params {
         crate::io::write_safetensors(&tmp.join("params.safetensors"), params)?;
@@ -501,6 +510,7 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
         "sampler_seconds": res.seconds,
         "wall_seconds": start.elapsed().as_secs_f64(),
         "files": files,
+        "image_decoded_by_vae": decoded.is_some(),
         "diagnostics": res.diagnostics,
     });
     let mut rec = rec;
