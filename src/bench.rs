@@ -83,7 +83,7 @@ struct ViewsTiming {
 /// analytic prior, on the CPU. The denoiser is the analytic prior (microseconds), so the time
 /// is the diffrep's: rendering and the inner Adam fits.
 fn bench_views(_a: &BenchArgs) -> Result<()> {
-    use crate::diffrep::cameras::{CylinderViews, SphereViews};
+    use crate::diffrep::cameras::SphereViews;
     use crate::diffrep::{PanoramaConfig, PanoramaDiffrep, VoxNerfConfig, VoxNerfDiffrep};
     use crate::diffusion::{CfgConvention, Guidance, RepaintConfig};
     use crate::methods::{ddrep_views, sjc_views, DdrepConfig, EmptinessConfig, SjcConfig};
@@ -98,17 +98,7 @@ fn bench_views(_a: &BenchArgs) -> Result<()> {
     let adam = |steps, lr| SolverConfig::Adam { steps, lr, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8 };
     let mut rows: Vec<(String, String, ViewsTiming)> = Vec::new();
 
-    let pano = PanoramaDiffrep::<CpuAutodiff>::new(
-        PanoramaConfig {
-            out_channels: 3,
-            embedding_size: 32,
-            depth: 2,
-            width: 48,
-            views: CylinderViews { views: 6, focal_mm: 24.0, resolution: [8, 12], ..Default::default() },
-            ..Default::default()
-        },
-        &device,
-    )?;
+    let pano = PanoramaDiffrep::<CpuAutodiff>::new(PanoramaConfig::demo(), &device)?;
     let pm = prior([3, 8, 12])?;
     for (label, cfg) in [
         ("ddrep + RePaint (8 steps, 2 forward each)", DdrepConfig { steps: 8, repaint: Some(RepaintConfig { jump_length: 1, jump_n_sample: 3 }), solver: adam(40, 1e-2), ..Default::default() }),
@@ -119,15 +109,7 @@ fn bench_views(_a: &BenchArgs) -> Result<()> {
         rows.push(("panorama 6 views 8x12, SIREN 48x2, Adam 40".into(), label.into(), ViewsTiming { seconds: t.elapsed().as_secs_f64(), nfe: out.output.nfe, moves: out.output.diagnostics.len() }));
     }
 
-    let nerf = VoxNerfDiffrep::new(VoxNerfConfig {
-        grid: 10,
-        bound: 0.5,
-        channels: 3,
-        feature_init_std: 0.0,
-        view_prompts: false,
-        views: SphereViews { views: 4, resolution: [8, 8], ..Default::default() },
-        ..Default::default()
-    })?;
+    let nerf = VoxNerfDiffrep::new(VoxNerfConfig::demo())?;
     let nm = prior([3, 8, 8])?;
     let cfg = DdrepConfig { steps: 100, repaint: Some(RepaintConfig { jump_length: 1, jump_n_sample: 2 }), solver: adam(3, 0.1), ..Default::default() };
     let t = Instant::now();

@@ -22,7 +22,6 @@
 //! smaller (z = -1.7, -1.8) and the trajectory difference larger the other way.
 
 use ddrep::backend::CpuAutodiff;
-use ddrep::diffrep::cameras::CylinderViews;
 use ddrep::diffrep::{PanoramaConfig, PanoramaDiffrep};
 use ddrep::diffusion::{CfgConvention, Guidance, RepaintConfig};
 use ddrep::methods::{ddrep_views, DdrepConfig, SolverConfig};
@@ -39,19 +38,8 @@ fn mean_se(x: &[f64]) -> (f64, f64) {
 #[test]
 fn repaint_lowers_the_final_overlap_disagreement_of_panoramas_at_equal_nfes() {
     let model = AnalyticPrior::new(AnalyticConfig { kind: AnalyticKind::Gaussian, shape: [3, 8, 12], pixel_std: 0.05, mean_scale: 3.0, ..Default::default() }).unwrap();
-    let rep = PanoramaDiffrep::<CpuAutodiff>::new(
-        PanoramaConfig {
-            out_channels: 3,
-            embedding_size: 32,
-            depth: 2,
-            width: 48,
-            // 6 views of 74 degrees 60 degrees apart: each overlaps both neighbours.
-            views: CylinderViews { views: 6, focal_mm: 24.0, resolution: [8, 12], ..Default::default() },
-            ..Default::default()
-        },
-        &Default::default(),
-    )
-    .unwrap();
+    // 6 views of 74 degrees, 60 degrees apart: each overlaps both neighbours.
+    let rep = PanoramaDiffrep::<CpuAutodiff>::new(PanoramaConfig::demo(), &Default::default()).unwrap();
     let seeds: Vec<u64> = (0..32).collect();
     let prompts = vec!["a mountain lake".to_string(); seeds.len()];
     let guidance = Guidance::new(1.0, CfgConvention::Diffusers);

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use ddrep::backend::{Cpu, CpuAutodiff};
-use ddrep::diffrep::cameras::{CylinderViews, SphereViews};
 use ddrep::diffrep::{PanoramaConfig, PanoramaDiffrep, VoxNerfConfig, VoxNerfDiffrep};
 use ddrep::diffusion::{chain_moves, nfe_count, CfgConvention, Guidance, RepaintConfig};
 use ddrep::methods::{ddrep_views, sjc_views, DdrepConfig, SjcConfig, SolverConfig};
@@ -20,28 +19,11 @@ fn prior(shape: [usize; 3]) -> AnalyticPrior {
 }
 
 fn panorama() -> PanoramaDiffrep<CpuAutodiff> {
-    let cfg = PanoramaConfig {
-        out_channels: 3,
-        embedding_size: 32,
-        depth: 2,
-        width: 48,
-        views: CylinderViews { views: 6, focal_mm: 24.0, resolution: [8, 12], ..Default::default() },
-        ..Default::default()
-    };
-    PanoramaDiffrep::new(cfg, &Default::default()).unwrap()
+    PanoramaDiffrep::new(PanoramaConfig::demo(), &Default::default()).unwrap()
 }
 
 fn demo_nerf() -> VoxNerfDiffrep {
-    VoxNerfDiffrep::new(VoxNerfConfig {
-        grid: 10,
-        bound: 0.5,
-        channels: 3,
-        feature_init_std: 0.0,
-        view_prompts: false,
-        views: SphereViews { views: 4, resolution: [8, 8], ..Default::default() },
-        ..Default::default()
-    })
-    .unwrap()
+    VoxNerfDiffrep::new(VoxNerfConfig::demo()).unwrap()
 }
 
 /// The demo NeRF: the paper's schedule (100 DDIM steps, one RePaint forward step each: 199

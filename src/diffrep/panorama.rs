@@ -74,6 +74,19 @@ impl Default for PanoramaConfig {
 }
 
 impl PanoramaConfig {
+    /// The demo-size panorama of the CPU benchmark and the analytic-prior tests: 6 views of
+    /// 8x12 with a 24 mm lens (74 degrees, so neighbours overlap), a 48-wide 2-layer SIREN.
+    pub fn demo() -> Self {
+        Self {
+            out_channels: 3,
+            embedding_size: 32,
+            depth: 2,
+            width: 48,
+            views: CylinderViews { views: 6, focal_mm: 24.0, resolution: [8, 12], ..Default::default() },
+            ..Default::default()
+        }
+    }
+
     /// The image-SIREN config with the same MLP (for its validation, layers and init).
     pub fn siren(&self) -> SirenConfig {
         SirenConfig {

@@ -129,6 +129,20 @@ impl Default for VoxNerfConfig {
 }
 
 impl VoxNerfConfig {
+    /// The demo-size NeRF of the CPU benchmark and the analytic-prior tests: a 10^3 RGB grid,
+    /// 4 views of 8x8 a batch, no view prompts.
+    pub fn demo() -> Self {
+        Self {
+            grid: 10,
+            bound: 0.5,
+            channels: 3,
+            feature_init_std: 0.0,
+            view_prompts: false,
+            views: SphereViews { views: 4, resolution: [8, 8], ..Default::default() },
+            ..Default::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.grid == 0 {
             bail!("voxnerf.grid (cells per axis) must be at least 1, got 0");

@@ -96,6 +96,15 @@ impl Notices {
     }
 }
 
+/// The loaded weights, or `None` with the metric noted and recorded as unavailable.
+fn usable<T>(r: Result<T, Unavailable>, notices: &mut Notices, unavailable: &mut Vec<Unavailable>) -> Option<T> {
+    r.map_err(|u| {
+        notices.push(u.to_string());
+        unavailable.push(u);
+    })
+    .ok()
+}
+
 /// Reads cell images (not kept: a full SD grid's images do not fit in memory).
 struct Images {
     root: PathBuf,
@@ -252,29 +261,10 @@ pub fn score_plan(a: &ScoreArgs) -> Result<ScoreOutput> {
     let mut unavailable: Vec<Unavailable> = Vec::new();
     let device = Default::default();
 
-    let lpips: Option<Lpips<Cpu>> = if want("lpips") {
-        match a.weights.lpips(&device) {
-            Ok(l) => Some(l),
-            Err(u) => {
-                notices.push(u.to_string());
-                unavailable.push(u);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let inception = if want("kid") {
-        match a.weights.inception::<Cpu>(&device) {
-            Ok((net, path)) => Some((net, path.clone(), crate::models::sd15::sha256_cached(&path)?)),
-            Err(u) => {
-                notices.push(u.to_string());
-                unavailable.push(u);
-                None
-            }
-        }
-    } else {
-        None
+    let lpips: Option<Lpips<Cpu>> = if want("lpips") { usable(a.weights.lpips(&device), &mut notices, &mut unavailable) } else { None };
+    let inception = match if want("kid") { usable(a.weights.inception::<Cpu>(&device), &mut notices, &mut unavailable) } else { None } {
+        Some((net, path)) => Some((net, path.clone(), crate::models::sd15::sha256_cached(&path)?)),
+        None => None,
     };
 
     // Per-cell metrics against the reference cell.
