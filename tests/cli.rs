@@ -1,7 +1,9 @@
 //! The `ddrep` binary: determinism of `sample`, and one-line errors for bad input.
 
+mod common;
 use std::path::Path;
 use std::process::{Command, Output};
+use common::assert_one_line_error;
 
 fn ddrep(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddrep")).args(args).output().expect("run ddrep")
@@ -53,14 +55,6 @@ fn every_method_runs_from_the_command_line() {
         assert_eq!(rec["nfe"], nfe, "{m}");
         assert!(d.join("sample_seed6.png").is_file());
     }
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "'{needle}' not in: {err}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! sampler against the diffusers DDIM trajectory of the fixture, and DDRep against the
 //! reference sampler.
 
+mod common;
 mod sd15_common;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use ddrep::methods::{ddrep as run_ddrep, reference, DdrepConfig, ReferenceConfig
 use ddrep::models::sd15::{Sd15, WeightFile};
 use ddrep::noise::ReplayNoise;
 use sd15_common::{check, fixture, model_dir, rel_err, Expected, B};
+use common::assert_one_line_error;
 
 // ---------------------------------------------------------------- command line
 
@@ -146,14 +148,6 @@ fn decode_reproduces_the_sample_pngs_and_the_fixture_vae() {
     for p in [d, out, out2] {
         let _ = std::fs::remove_dir_all(p);
     }
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "'{needle}' not in: {err}");
 }
 
 /// A copy of the tiny model folder, removed on drop.

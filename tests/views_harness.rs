@@ -2,10 +2,12 @@
 //! to end with the paper's schedule, the paper files' NFE budgets, the SD1.5 path (VAE-decoded
 //! strips) on the tiny fixture model, and one-line errors for bad multiview YAML.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ddrep::experiment::{nfe_estimate, schema};
+use common::assert_one_line_error;
 
 fn ddrep(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddrep")).args(args).output().expect("run ddrep")
@@ -140,14 +142,6 @@ fn paper_experiment_files_spend_the_paper_nfes() {
     let f = schema::load(Path::new(&file("nerf.yaml")), &[]).unwrap();
     let ddrep::methods::DiffrepSpec::Voxnerf(v) = &f.diffrep else { panic!("nerf.yaml is not a voxnerf") };
     assert_eq!((v.views.views, v.grid, v.channels), (8, 100, 4));
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "'{needle}' not in: {err}");
 }
 
 #[test]

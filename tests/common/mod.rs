@@ -122,3 +122,12 @@ pub fn assert_law(what: &str, x: &[f64], mean: f64, var: f64, z: f64) {
 pub fn shared_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("DDREP_SHARED").map(Into::into)
 }
+
+/// A failed `ddrep` run printed exactly one `error: ...` line containing `needle`, no panic.
+pub fn assert_one_line_error(o: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "'{needle}' not in: {err}");
+}
