@@ -2,42 +2,92 @@
 //! forward functions (inference only: no burn `Module` derive, nothing to train).
 //! Each `load` takes the parameter prefix, so names map one-to-one to safetensors keys.
 
-use burn::tensor::activation::{sigmoid, silu, softmax};
+use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Bool, Tensor};
 
+use super::cpu_kernels;
 use super::weights::Loader;
+
+/// A layer's weight and bias: backend tensors, or (on the f32 CPU backend) plain buffers that
+/// `cpu_kernels` read directly.
+enum Params<B: Backend, const D: usize> {
+    Backend {
+        w: Tensor<B, D>,
+        b: Option<Tensor<B, 1>>,
+    },
+    Host {
+        w: Vec<f32>,
+        b: Option<Vec<f32>>,
+    },
+}
+
+impl<B: Backend, const D: usize> Params<B, D> {
+    fn new(w: Tensor<B, D>, b: Option<Tensor<B, 1>>, device: &B::Device) -> Self {
+        if cpu_kernels::host_backend::<B>(device) {
+            Params::Host {
+                w: cpu_kernels::to_vec(w),
+                b: b.map(cpu_kernels::to_vec),
+            }
+        } else {
+            Params::Backend { w, b }
+        }
+    }
+}
 
 pub struct Linear<B: Backend> {
     /// `[in, out]` (PyTorch's weight transposed once at load).
-    w: Tensor<B, 2>,
-    b: Option<Tensor<B, 1>>,
+    p: Params<B, 2>,
+    inp: usize,
+    out: usize,
 }
 
 impl<B: Backend> Linear<B> {
     pub fn load(ld: &mut Loader<B>, prefix: &str, inp: usize, out: usize, bias: bool) -> Self {
         let w = ld.linear_weight(&format!("{prefix}.weight"), out, inp);
         let b = bias.then(|| ld.tensor(&format!("{prefix}.bias"), [out]));
-        Self { w, b }
+        Self {
+            p: Params::new(w, b, ld.device()),
+            inp,
+            out,
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.w.clone(), self.b.clone())
+        match &self.p {
+            Params::Backend { w, b } => burn::tensor::module::linear(x, w.clone(), b.clone()),
+            Params::Host { w, b } => {
+                let mut shape = x.dims();
+                let rows = shape[..D - 1].iter().product();
+                let device = x.device();
+                let y = cpu_kernels::linear(
+                    &cpu_kernels::to_vec(x),
+                    rows,
+                    self.inp,
+                    w,
+                    self.out,
+                    b.as_deref(),
+                );
+                shape[D - 1] = self.out;
+                cpu_kernels::from_vec(y, shape, &device)
+            }
+        }
     }
 }
 
 pub struct Conv2d<B: Backend> {
-    w: Tensor<B, 4>,
-    b: Tensor<B, 1>,
+    /// `[out, in, k, k]` and `[out]`.
+    p: Params<B, 4>,
+    dims: [usize; 3],
     stride: usize,
     padding: usize,
-    /// Use im2col + matmul where it beats the backend's direct convolution (see `forward`).
+    /// Backend path: use im2col + matmul where it beats the backend's direct convolution.
     gemm: bool,
 }
 
-/// Largest H*W for which stride-1 convs go through im2col + matmul on the CPU backend.
+/// Largest H*W for which stride-1 convs go through im2col + matmul on a non-f32 CPU backend.
 const GEMM_MAX_PIXELS: usize = 32 * 32;
 
 impl<B: Backend> Conv2d<B> {
@@ -50,14 +100,62 @@ impl<B: Backend> Conv2d<B> {
         stride: usize,
         padding: usize,
     ) -> Self {
+        let w = ld.tensor(&format!("{prefix}.weight"), [out, inp, k, k]);
+        let b = ld.tensor(&format!("{prefix}.bias"), [out]);
         Self {
-            w: ld.tensor(&format!("{prefix}.weight"), [out, inp, k, k]),
-            b: ld.tensor(&format!("{prefix}.bias"), [out]),
+            p: Params::new(w, Some(b), ld.device()),
+            dims: [out, inp, k],
             stride,
             padding,
             // burn-ndarray's direct conv is 2-4x slower than its gemm at SD's low-resolution,
             // high-channel levels (1280 ch at 8x8 to 32x32); GPU backends keep their kernels.
             gemm: B::name(ld.device()).contains("ndarray"),
+        }
+    }
+
+    /// A 1x1 convolution of an image `[n, c, h, w]`, returned as a sequence `[n, h*w, out]`.
+    pub fn forward_to_seq(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [n, c, h, w] = x.dims();
+        let o = self.dims[0];
+        assert_eq!(self.dims[2], 1, "forward_to_seq is for 1x1 convolutions");
+        match &self.p {
+            Params::Host { w: wt, b } => {
+                let device = x.device();
+                let y = cpu_kernels::pointwise_to_seq(
+                    &cpu_kernels::to_vec(x),
+                    n,
+                    c,
+                    h * w,
+                    wt,
+                    o,
+                    b.as_deref().expect("conv bias"),
+                );
+                cpu_kernels::from_vec(y, [n, h * w, o], &device)
+            }
+            Params::Backend { .. } => self.forward(x).reshape([n, o, h * w]).swap_dims(1, 2),
+        }
+    }
+
+    /// A 1x1 convolution of a sequence `[n, h*w, c]`, returned as an image `[n, out, h, w]`.
+    pub fn forward_from_seq(&self, s: Tensor<B, 3>, hw: [usize; 2]) -> Tensor<B, 4> {
+        let [n, l, c] = s.dims();
+        let o = self.dims[0];
+        assert_eq!(self.dims[2], 1, "forward_from_seq is for 1x1 convolutions");
+        match &self.p {
+            Params::Host { w: wt, b } => {
+                let device = s.device();
+                let y = cpu_kernels::seq_to_pointwise(
+                    &cpu_kernels::to_vec(s),
+                    n,
+                    l,
+                    c,
+                    wt,
+                    o,
+                    b.as_deref().expect("conv bias"),
+                );
+                cpu_kernels::from_vec(y, [n, o, hw[0], hw[1]], &device)
+            }
+            Params::Backend { .. } => self.forward(s.swap_dims(1, 2).reshape([n, c, hw[0], hw[1]])),
         }
     }
 
@@ -67,78 +165,171 @@ impl<B: Backend> Conv2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [n, c, h, w] = x.dims();
-        let [o, _, k, _] = self.w.dims();
-        if self.gemm && self.stride == 1 && 2 * self.padding + 1 == k && (k == 1 || h * w <= GEMM_MAX_PIXELS) {
+        let (w, b) = match &self.p {
+            Params::Backend { w, b } => (w, b.as_ref().expect("conv bias")),
+            Params::Host { w, b } => {
+                let [n, c, h, wd] = x.dims();
+                let [o, _, k] = self.dims;
+                let s = cpu_kernels::ConvShape {
+                    n,
+                    c,
+                    h,
+                    w: wd,
+                    o,
+                    k,
+                    stride: self.stride,
+                    padding: self.padding,
+                };
+                let (oh, ow) = s.out_hw();
+                let device = x.device();
+                let y = cpu_kernels::conv2d(
+                    &cpu_kernels::to_vec(x),
+                    s,
+                    w,
+                    b.as_deref().expect("conv bias"),
+                );
+                return cpu_kernels::from_vec(y, [n, o, oh, ow], &device);
+            }
+        };
+        let [n, c, h, wd] = x.dims();
+        let [o, _, k] = self.dims;
+        if self.gemm
+            && self.stride == 1
+            && 2 * self.padding + 1 == k
+            && (k == 1 || h * wd <= GEMM_MAX_PIXELS)
+        {
             // im2col: the k*k shifted copies of the padded input, ordered (c, ky, kx) like
             // the weight's flattening, then one matmul.
             let cols = if k == 1 {
-                x.reshape([n, c, h * w])
+                x.reshape([n, c, h * wd])
             } else {
                 let p = self.padding;
                 let xp = x.pad((p, p, p, p), 0.0);
                 let mut shifted = Vec::with_capacity(k * k);
                 for ky in 0..k {
                     for kx in 0..k {
-                        shifted.push(xp.clone().slice([0..n, 0..c, ky..ky + h, kx..kx + w]).reshape([n, c, 1, h * w]));
+                        shifted.push(
+                            xp.clone()
+                                .slice([0..n, 0..c, ky..ky + h, kx..kx + wd])
+                                .reshape([n, c, 1, h * wd]),
+                        );
                     }
                 }
-                Tensor::cat(shifted, 2).reshape([n, c * k * k, h * w])
+                Tensor::cat(shifted, 2).reshape([n, c * k * k, h * wd])
             };
-            let y = self.w.clone().reshape([1, o, c * k * k]).matmul(cols) + self.b.clone().reshape([1, o, 1]);
-            return y.reshape([n, o, h, w]);
+            let y =
+                w.clone().reshape([1, o, c * k * k]).matmul(cols) + b.clone().reshape([1, o, 1]);
+            return y.reshape([n, o, h, wd]);
         }
         let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        conv2d(x, self.w.clone(), Some(self.b.clone()), opts)
+        conv2d(x, w.clone(), Some(b.clone()), opts)
     }
 }
 
 pub struct GroupNorm<B: Backend> {
     groups: usize,
     eps: f64,
-    w: Tensor<B, 1>,
-    b: Tensor<B, 1>,
+    p: Params<B, 1>,
 }
 
 impl<B: Backend> GroupNorm<B> {
-    pub fn load(ld: &mut Loader<B>, prefix: &str, groups: usize, channels: usize, eps: f64) -> Self {
+    pub fn load(
+        ld: &mut Loader<B>,
+        prefix: &str,
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Self {
+        let w = ld.tensor(&format!("{prefix}.weight"), [channels]);
+        let b = ld.tensor(&format!("{prefix}.bias"), [channels]);
         Self {
             groups,
             eps,
-            w: ld.tensor(&format!("{prefix}.weight"), [channels]),
-            b: ld.tensor(&format!("{prefix}.bias"), [channels]),
+            p: Params::new(w, Some(b), ld.device()),
         }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(x, false)
+    }
+
+    /// `silu(norm(x))`, fused on the CPU.
+    pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: Tensor<B, 4>, act: bool) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
+        let (gamma, beta) = match &self.p {
+            Params::Backend { w, b } => (w, b.as_ref().expect("norm bias")),
+            Params::Host { w: gamma, b } => {
+                let device = x.device();
+                let mut v = cpu_kernels::to_vec(x);
+                cpu_kernels::group_norm(
+                    &mut v,
+                    n,
+                    c,
+                    h * w,
+                    self.groups,
+                    gamma,
+                    b.as_deref().expect("norm bias"),
+                    self.eps,
+                    act,
+                );
+                return cpu_kernels::from_vec(v, [n, c, h, w], &device);
+            }
+        };
         let g = self.groups;
         let x = x.reshape([n, g, (c / g) * h * w]);
         // Two-pass (biased) variance, like PyTorch's group_norm.
         let xc = x.clone() - x.mean_dim(2);
         let var = xc.clone().powi_scalar(2).mean_dim(2);
         let y = (xc / var.add_scalar(self.eps).sqrt()).reshape([n, c, h, w]);
-        y * self.w.clone().reshape([1, c, 1, 1]) + self.b.clone().reshape([1, c, 1, 1])
+        let y = y * gamma.clone().reshape([1, c, 1, 1]) + beta.clone().reshape([1, c, 1, 1]);
+        if act {
+            silu(y)
+        } else {
+            y
+        }
     }
 }
 
 pub struct LayerNorm<B: Backend> {
     eps: f64,
-    w: Tensor<B, 1>,
-    b: Tensor<B, 1>,
+    p: Params<B, 1>,
 }
 
 impl<B: Backend> LayerNorm<B> {
     pub fn load(ld: &mut Loader<B>, prefix: &str, dim: usize, eps: f64) -> Self {
-        Self { eps, w: ld.tensor(&format!("{prefix}.weight"), [dim]), b: ld.tensor(&format!("{prefix}.bias"), [dim]) }
+        let w = ld.tensor(&format!("{prefix}.weight"), [dim]);
+        let b = ld.tensor(&format!("{prefix}.bias"), [dim]);
+        Self {
+            eps,
+            p: Params::new(w, Some(b), ld.device()),
+        }
     }
 
     /// Normalises over the last axis of `[n, L, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (w, b) = match &self.p {
+            Params::Backend { w, b } => (w, b.as_ref().expect("norm bias")),
+            Params::Host { w, b } => {
+                let (dims, device) = (x.dims(), x.device());
+                let mut v = cpu_kernels::to_vec(x);
+                cpu_kernels::layer_norm(
+                    &mut v,
+                    dims[2],
+                    w,
+                    b.as_deref().expect("norm bias"),
+                    self.eps,
+                );
+                return cpu_kernels::from_vec(v, dims, &device);
+            }
+        };
         let xc = x.clone() - x.mean_dim(2);
         let var = xc.clone().powi_scalar(2).mean_dim(2);
         let y = xc / var.add_scalar(self.eps).sqrt();
-        y * self.w.clone().unsqueeze::<3>() + self.b.clone().unsqueeze::<3>()
+        y * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
     }
 }
 
@@ -156,15 +347,40 @@ pub fn multi_head_attention<B: Backend>(
     let hd = c / heads;
     let split = |t: Tensor<B, 3>, l: usize| t.reshape([n, l, heads, hd]).swap_dims(1, 2);
     let out = match mask {
+        None if cpu_kernels::host_backend::<B>(&q.device()) => {
+            let device = q.device();
+            let (q, k, v) = (
+                cpu_kernels::to_vec(q),
+                cpu_kernels::to_vec(k),
+                cpu_kernels::to_vec(v),
+            );
+            let out = cpu_kernels::attention(&q, &k, &v, n, lq, lk, c, heads);
+            return cpu_kernels::from_vec(out, [n, lq, c], &device);
+        }
         // burn's fused attention (flash attention on CUDA) where no mask is needed.
         None => attention(split(q, lq), split(k, lk), split(v, lk), None),
         Some(mask) => {
-            let scores = split(q, lq).matmul(split(k, lk).swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
+            let scores = split(q, lq)
+                .matmul(split(k, lk).swap_dims(2, 3))
+                .div_scalar((hd as f64).sqrt());
             let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             softmax(scores, 3).matmul(split(v, lk))
         }
     };
     out.swap_dims(1, 2).reshape([n, lq, c])
+}
+
+/// GEGLU on `[n, L, 2 * inner]`: the first half is the value, the second the gate (exact erf
+/// GELU).
+pub fn geglu<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [n, l, two_inner] = h.dims();
+    let inner = two_inner / 2;
+    if cpu_kernels::host_backend::<B>(&h.device()) {
+        let device = h.device();
+        let y = cpu_kernels::geglu(&cpu_kernels::to_vec(h), n * l, inner);
+        return cpu_kernels::from_vec(y, [n, l, inner], &device);
+    }
+    h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner))
 }
 
 /// `x * sigmoid(1.702 x)`: CLIP's activation.
@@ -176,7 +392,9 @@ pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 pub fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     if size == [2 * h, 2 * w] {
-        x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
+        x.reshape([n, c, h, 1, w, 1])
+            .expand([n, c, h, 2, w, 2])
+            .reshape([n, c, 2 * h, 2 * w])
     } else {
         interpolate(x, size, InterpolateOptions::new(InterpolateMode::Nearest))
     }
@@ -208,23 +426,26 @@ impl<B: Backend> ResnetBlock<B> {
         Self {
             norm1: GroupNorm::load(ld, &format!("{p}.norm1"), cfg.groups, inp, cfg.eps),
             conv1: Conv2d::same(ld, &format!("{p}.conv1"), inp, out, 3),
-            time_emb_proj: cfg.temb.map(|t| Linear::load(ld, &format!("{p}.time_emb_proj"), t, out, true)),
+            time_emb_proj: cfg
+                .temb
+                .map(|t| Linear::load(ld, &format!("{p}.time_emb_proj"), t, out, true)),
             norm2: GroupNorm::load(ld, &format!("{p}.norm2"), cfg.groups, out, cfg.eps),
             conv2: Conv2d::same(ld, &format!("{p}.conv2"), out, out, 3),
-            conv_shortcut: (inp != out).then(|| Conv2d::load(ld, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
+            conv_shortcut: (inp != out)
+                .then(|| Conv2d::load(ld, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
             out_scale: cfg.out_scale,
         }
     }
 
     /// `temb` is the already SiLU-activated time embedding `[n, T]` (UNet only).
     pub fn forward(&self, x: Tensor<B, 4>, temb_act: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_act) {
             let t = proj.forward(t.clone());
             let [n, c] = t.dims();
             h = h + t.reshape([n, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,

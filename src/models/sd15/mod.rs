@@ -12,6 +12,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod cpu_kernels;
 pub mod layers;
 pub mod tokenizer;
 pub mod unet;
@@ -82,7 +83,11 @@ pub(crate) fn weight_file(part_dir: &Path, canonical: &str) -> Result<PathBuf> {
     }
 }
 
-fn open_weights(part_dir: &Path, canonical: &str, canon: impl Fn(&str) -> String) -> Result<WeightFile> {
+fn open_weights(
+    part_dir: &Path,
+    canonical: &str,
+    canon: impl Fn(&str) -> String,
+) -> Result<WeightFile> {
     WeightFile::open(&weight_file(part_dir, canonical)?, canon)
 }
 
@@ -128,27 +133,45 @@ impl<B: Backend> Sd15<B> {
         let index_path = dir.join("model_index.json");
         if index_path.exists() {
             let index: ModelIndex = config::read_config(&index_path)?;
-            for (part, class) in
-                [("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL"), ("text_encoder", "CLIPTextModel")]
-            {
+            for (part, class) in [
+                ("unet", "UNet2DConditionModel"),
+                ("vae", "AutoencoderKL"),
+                ("text_encoder", "CLIPTextModel"),
+            ] {
                 if let Some(c) = index.part_class(part) {
                     if c != class {
-                        bail!("{}: {part} is a {c}, only {class} is supported", index_path.display());
+                        bail!(
+                            "{}: {part} is a {c}, only {class} is supported",
+                            index_path.display()
+                        );
                     }
                 }
             }
         }
 
-        let scheduler: SchedulerConfig = config::read_config(&dir.join("scheduler/scheduler_config.json"))?;
+        let scheduler: SchedulerConfig =
+            config::read_config(&dir.join("scheduler/scheduler_config.json"))?;
         let schedule = schedule_from(&scheduler)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
 
         let te_cfg: ClipTextConfig = config::read_config(&dir.join("text_encoder/config.json"))?;
-        let te_file = open_weights(&dir.join("text_encoder"), "model.safetensors", text_encoder_key)?;
+        let te_file = open_weights(
+            &dir.join("text_encoder"),
+            "model.safetensors",
+            text_encoder_key,
+        )?;
         let unet_cfg: UnetConfig = config::read_config(&dir.join("unet/config.json"))?;
-        let unet_file = open_weights(&dir.join("unet"), "diffusion_pytorch_model.safetensors", str::to_string)?;
+        let unet_file = open_weights(
+            &dir.join("unet"),
+            "diffusion_pytorch_model.safetensors",
+            str::to_string,
+        )?;
         let vae_cfg: VaeConfig = config::read_config(&dir.join("vae/config.json"))?;
-        let vae_file = open_weights(&dir.join("vae"), "diffusion_pytorch_model.safetensors", vae_key)?;
+        let vae_file = open_weights(
+            &dir.join("vae"),
+            "diffusion_pytorch_model.safetensors",
+            vae_key,
+        )?;
         let weight_files = vec![
             ("text_encoder".to_string(), te_file.path.clone()),
             ("unet".to_string(), unet_file.path.clone()),
@@ -207,13 +230,23 @@ impl<B: Backend> Sd15<B> {
 
     /// `part=sha256` for each weight file (hashed once, cached by path+size+mtime).
     pub fn weight_hashes(&self) -> Result<Vec<(String, String)>> {
-        self.weight_files.iter().map(|(part, p)| Ok((part.clone(), sha256_cached(p)?))).collect()
+        self.weight_files
+            .iter()
+            .map(|(part, p)| Ok((part.clone(), sha256_cached(p)?)))
+            .collect()
     }
 
     /// Text-encoder `last_hidden_state` `[n, 77, D]` for the prompts, cached per prompt.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor<B, 3>> {
-        let mut cache = self.embeddings.lock().map_err(|_| anyhow!("prompt cache poisoned"))?;
-        let mut missing: Vec<&str> = prompts.iter().copied().filter(|p| !cache.contains_key(*p)).collect();
+        let mut cache = self
+            .embeddings
+            .lock()
+            .map_err(|_| anyhow!("prompt cache poisoned"))?;
+        let mut missing: Vec<&str> = prompts
+            .iter()
+            .copied()
+            .filter(|p| !cache.contains_key(*p))
+            .collect();
         missing.sort();
         missing.dedup();
         if !missing.is_empty() {
@@ -223,7 +256,10 @@ impl<B: Backend> Sd15<B> {
                 cache.insert(p.to_string(), out.clone().narrow(0, i, 1));
             }
         }
-        Ok(Tensor::cat(prompts.iter().map(|p| cache[*p].clone()).collect(), 0))
+        Ok(Tensor::cat(
+            prompts.iter().map(|p| cache[*p].clone()).collect(),
+            0,
+        ))
     }
 
     /// Pipeline-space latents -> image (raw VAE output, about [-1, 1]).
@@ -254,13 +290,22 @@ fn schedule_from(s: &SchedulerConfig) -> Result<Schedule> {
     if s.num_train_timesteps < 2 {
         bail!("scheduler/scheduler_config.json: num_train_timesteps must be at least 2");
     }
-    Ok(Schedule::scaled_linear(s.beta_start, s.beta_end, s.num_train_timesteps, s.set_alpha_to_one()))
+    Ok(Schedule::scaled_linear(
+        s.beta_start,
+        s.beta_end,
+        s.num_train_timesteps,
+        s.set_alpha_to_one(),
+    ))
 }
 
 impl<B: Backend> Denoiser<B> for Sd15<B> {
     fn describe(&self) -> String {
         let hashes = self.hashes.get_or_init(|| match self.weight_hashes() {
-            Ok(h) => h.iter().map(|(p, s)| format!("{p}={s}")).collect::<Vec<_>>().join(" "),
+            Ok(h) => h
+                .iter()
+                .map(|(p, s)| format!("{p}={s}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             Err(e) => format!("sha256 unavailable ({e})"),
         });
         format!("sd15 {} ({hashes})", self.dir.display())
@@ -275,10 +320,19 @@ impl<B: Backend> Denoiser<B> for Sd15<B> {
     }
 
     /// One batched UNet call; unconditional rows use the cached empty-prompt embedding.
-    fn eps(&self, x_vp: Tensor<B, 4>, timesteps: &[usize], prompts: &[Option<&str>]) -> Result<Tensor<B, 4>> {
+    fn eps(
+        &self,
+        x_vp: Tensor<B, 4>,
+        timesteps: &[usize],
+        prompts: &[Option<&str>],
+    ) -> Result<Tensor<B, 4>> {
         let n = x_vp.dims()[0];
         if timesteps.len() != n || prompts.len() != n {
-            bail!("eps: {n} samples but {} timesteps and {} prompts", timesteps.len(), prompts.len());
+            bail!(
+                "eps: {n} samples but {} timesteps and {} prompts",
+                timesteps.len(),
+                prompts.len()
+            );
         }
         let rows: Vec<&str> = prompts.iter().map(|p| p.unwrap_or("")).collect();
         let context = self.encode_prompts(&rows)?;
@@ -288,7 +342,10 @@ impl<B: Backend> Denoiser<B> for Sd15<B> {
 }
 
 /// Parameters of a UNet config, counted from tensor shapes (nothing allocated).
-pub fn unet_param_count<B: Backend>(cfg: &UnetConfig, device: &B::Device) -> Result<(usize, usize)> {
+pub fn unet_param_count<B: Backend>(
+    cfg: &UnetConfig,
+    device: &B::Device,
+) -> Result<(usize, usize)> {
     let mut ld = Loader::<B>::spec("unet", device);
     UNet2DConditionModel::load(&mut ld, cfg)?;
     Ok((ld.num_params(), ld.expected().len()))

@@ -4,13 +4,14 @@
 //! `conv_norm_out`, `conv_out`.
 
 use anyhow::{bail, Result};
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
 use super::layers::{
-    multi_head_attention, upsample_nearest, Conv2d, GroupNorm, LayerNorm, Linear, ResnetBlock, ResnetCfg,
+    geglu, multi_head_attention, upsample_nearest, Conv2d, GroupNorm, LayerNorm, Linear,
+    ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
 
@@ -75,11 +76,8 @@ impl<B: Backend> TransformerBlock<B> {
         let h = self.norm1.forward(x.clone());
         let x = x + self.attn1.forward(h.clone(), h);
         let x = x.clone() + self.attn2.forward(self.norm2.forward(x), ctx.clone());
-        // GEGLU: first half is the value, second half the gate (exact erf GELU).
         let h = self.ff_proj.forward(self.norm3.forward(x.clone()));
-        let inner = h.dims()[2] / 2;
-        let gated = h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner));
-        x + self.ff_out.forward(gated)
+        x + self.ff_out.forward(geglu(h))
     }
 }
 
@@ -98,7 +96,15 @@ struct Transformer2D<B: Backend> {
 }
 
 impl<B: Backend> Transformer2D<B> {
-    fn load(ld: &mut Loader<B>, p: &str, c: usize, ctx: usize, heads: usize, layers: usize, cfg: &UnetConfig) -> Self {
+    fn load(
+        ld: &mut Loader<B>,
+        p: &str,
+        c: usize,
+        ctx: usize,
+        heads: usize,
+        layers: usize,
+        cfg: &UnetConfig,
+    ) -> Self {
         let proj = |ld: &mut Loader<B>, name: &str| {
             if cfg.use_linear_projection {
                 Proj::Linear(Linear::load(ld, &format!("{p}.{name}"), c, c, true))
@@ -109,10 +115,17 @@ impl<B: Backend> Transformer2D<B> {
         let norm = GroupNorm::load(ld, &format!("{p}.norm"), cfg.norm_num_groups, c, 1e-6);
         let proj_in = proj(ld, "proj_in");
         let blocks = (0..layers)
-            .map(|i| TransformerBlock::load(ld, &format!("{p}.transformer_blocks.{i}"), c, ctx, heads))
+            .map(|i| {
+                TransformerBlock::load(ld, &format!("{p}.transformer_blocks.{i}"), c, ctx, heads)
+            })
             .collect();
         let proj_out = proj(ld, "proj_out");
-        Self { norm, proj_in, blocks, proj_out }
+        Self {
+            norm,
+            proj_in,
+            blocks,
+            proj_out,
+        }
     }
 
     fn forward(&self, x: Tensor<B, 4>, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
@@ -121,14 +134,14 @@ impl<B: Backend> Transformer2D<B> {
         let to_img = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([n, c, h, w]);
         let y = self.norm.forward(x.clone());
         let mut s = match &self.proj_in {
-            Proj::Conv(conv) => to_seq(conv.forward(y)),
+            Proj::Conv(conv) => conv.forward_to_seq(y),
             Proj::Linear(lin) => lin.forward(to_seq(y)),
         };
         for b in &self.blocks {
             s = b.forward(s, ctx);
         }
         let y = match &self.proj_out {
-            Proj::Conv(conv) => conv.forward(to_img(s)),
+            Proj::Conv(conv) => conv.forward_from_seq(s, [h, w]),
             Proj::Linear(lin) => to_img(lin.forward(s)),
         };
         y + x
@@ -212,19 +225,41 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 }
             }
             let resample = (i + 1 < nb).then(|| {
-                Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), ch[i], ch[i], 3, 2, cfg.downsample_padding)
+                Conv2d::load(
+                    ld,
+                    &format!("{p}.downsamplers.0.conv"),
+                    ch[i],
+                    ch[i],
+                    3,
+                    2,
+                    cfg.downsample_padding,
+                )
             });
-            down_blocks.push(Block { resnets, attentions, resample });
+            down_blocks.push(Block {
+                resnets,
+                attentions,
+                resample,
+            });
         }
 
         let c = ch[nb - 1];
-        let mid_rc = ResnetCfg { out_scale: cfg.mid_block_scale_factor, ..rc };
+        let mid_rc = ResnetCfg {
+            out_scale: cfg.mid_block_scale_factor,
+            ..rc
+        };
         let mid_resnets = vec![
             ResnetBlock::load(ld, "mid_block.resnets.0", c, c, &mid_rc),
             ResnetBlock::load(ld, "mid_block.resnets.1", c, c, &mid_rc),
         ];
-        let mid_attentions =
-            vec![Transformer2D::load(ld, "mid_block.attentions.0", c, ctx[nb - 1], heads[nb - 1], tl[nb - 1], cfg)];
+        let mid_attentions = vec![Transformer2D::load(
+            ld,
+            "mid_block.attentions.0",
+            c,
+            ctx[nb - 1],
+            heads[nb - 1],
+            tl[nb - 1],
+            cfg,
+        )];
 
         // Up blocks mirror the down blocks: channels, heads and layer counts reversed.
         let mut up_blocks = Vec::new();
@@ -240,7 +275,13 @@ impl<B: Backend> UNet2DConditionModel<B> {
             for j in 0..n {
                 let res_skip = if j + 1 == n { skip_in } else { out };
                 let res_in = if j == 0 { prev } else { out };
-                resnets.push(ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), res_in + res_skip, out, &rc));
+                resnets.push(ResnetBlock::load(
+                    ld,
+                    &format!("{p}.resnets.{j}"),
+                    res_in + res_skip,
+                    out,
+                    &rc,
+                ));
                 if cross {
                     attentions.push(Transformer2D::load(
                         ld,
@@ -253,11 +294,22 @@ impl<B: Backend> UNet2DConditionModel<B> {
                     ));
                 }
             }
-            let resample = (i + 1 < nb).then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));
-            up_blocks.push(Block { resnets, attentions, resample });
+            let resample = (i + 1 < nb)
+                .then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));
+            up_blocks.push(Block {
+                resnets,
+                attentions,
+                resample,
+            });
         }
 
-        let conv_norm_out = GroupNorm::load(ld, "conv_norm_out", cfg.norm_num_groups, ch[0], cfg.norm_eps);
+        let conv_norm_out = GroupNorm::load(
+            ld,
+            "conv_norm_out",
+            cfg.norm_num_groups,
+            ch[0],
+            cfg.norm_eps,
+        );
         let conv_out = Conv2d::same(ld, "conv_out", ch[0], cfg.out_channels, cfg.conv_out_kernel);
         Ok(Self {
             config: cfg.clone(),
@@ -286,7 +338,11 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 let exponent = -(10000f32.ln()) * i as f32 / (half as f32 - shift);
                 let arg = (t as f32) * exponent.exp();
                 let (s, c) = ((arg as f64).sin() as f32, (arg as f64).cos() as f32);
-                let (first, second) = if self.config.flip_sin_to_cos { (c, s) } else { (s, c) };
+                let (first, second) = if self.config.flip_sin_to_cos {
+                    (c, s)
+                } else {
+                    (s, c)
+                };
                 v[r * dim + i] = first;
                 v[r * dim + half + i] = second;
             }
@@ -296,7 +352,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// Noise prediction for `sample` `[n, C, H, W]` at per-row `timesteps`, conditioned on
     /// `context` `[n, L, cross_attention_dim]`.
-    pub fn forward(&self, sample: Tensor<B, 4>, timesteps: &[f64], context: Tensor<B, 3>) -> Result<Tensor<B, 4>> {
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: &[f64],
+        context: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 4>> {
         self.forward_traced(sample, timesteps, context, &mut |_, _| {})
     }
 
@@ -321,12 +382,18 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let device = sample.device();
         let tp = self.time_proj(timesteps, &device);
         trace("time_proj", &tp.clone().unsqueeze_dims(&[2, 3]));
-        let emb = self.time_linear_2.forward(silu(self.time_linear_1.forward(tp)));
+        let emb = self
+            .time_linear_2
+            .forward(silu(self.time_linear_1.forward(tp)));
         trace("time_embedding", &emb.clone().unsqueeze_dims(&[2, 3]));
         // Every resnet applies SiLU to the embedding before its own projection.
         let temb = silu(emb);
 
-        let sample = if self.config.center_input_sample { sample.mul_scalar(2.0).sub_scalar(1.0) } else { sample };
+        let sample = if self.config.center_input_sample {
+            sample.mul_scalar(2.0).sub_scalar(1.0)
+        } else {
+            sample
+        };
         let mut x = self.conv_in.forward(sample);
         trace("conv_in", &x);
         let mut skips = vec![x.clone()];

@@ -3,12 +3,13 @@
 //! stride-2 conv without padding; the decoder upsamples with nearest x2 then a conv.
 
 use anyhow::Result;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::config::VaeConfig;
-use super::layers::{multi_head_attention, upsample_nearest, Conv2d, GroupNorm, Linear, ResnetBlock, ResnetCfg};
+use super::layers::{
+    multi_head_attention, upsample_nearest, Conv2d, GroupNorm, Linear, ResnetBlock, ResnetCfg,
+};
 use super::weights::Loader;
 
 const EPS: f64 = 1e-6;
@@ -36,7 +37,11 @@ impl<B: Backend> VaeAttention<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let t = self.group_norm.forward(x.clone()).reshape([n, c, h * w]).swap_dims(1, 2);
+        let t = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([n, c, h * w])
+            .swap_dims(1, 2);
         let a = multi_head_attention(
             self.to_q.forward(t.clone()),
             self.to_k.forward(t.clone()),
@@ -62,7 +67,10 @@ impl<B: Backend> MidBlock<B> {
             .mid_block_add_attention
             .then(|| VaeAttention::load(ld, &format!("{p}.attentions.0"), c, cfg.norm_num_groups));
         let r1 = ResnetBlock::load(ld, &format!("{p}.resnets.1"), c, c, rc);
-        Self { resnets: vec![r0, r1], attention }
+        Self {
+            resnets: vec![r0, r1],
+            attention,
+        }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -116,8 +124,17 @@ impl<B: Backend> AutoencoderKL<B> {
     pub fn load(ld: &mut Loader<B>, config: &VaeConfig) -> Result<Self> {
         config.check_supported()?;
         let ch = &config.block_out_channels;
-        let (g, lat, lpb) = (config.norm_num_groups, config.latent_channels, config.layers_per_block);
-        let rc = ResnetCfg { groups: g, eps: EPS, temb: None, out_scale: 1.0 };
+        let (g, lat, lpb) = (
+            config.norm_num_groups,
+            config.latent_channels,
+            config.layers_per_block,
+        );
+        let rc = ResnetCfg {
+            groups: g,
+            eps: EPS,
+            temb: None,
+            out_scale: 1.0,
+        };
         let last = *ch.last().unwrap();
 
         let conv_in = Conv2d::same(ld, "encoder.conv_in", config.in_channels, ch[0], 3);
@@ -126,10 +143,18 @@ impl<B: Backend> AutoencoderKL<B> {
             let inp = if i == 0 { ch[0] } else { ch[i - 1] };
             let p = format!("encoder.down_blocks.{i}");
             let resnets = (0..lpb)
-                .map(|j| ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), if j == 0 { inp } else { out }, out, &rc))
+                .map(|j| {
+                    ResnetBlock::load(
+                        ld,
+                        &format!("{p}.resnets.{j}"),
+                        if j == 0 { inp } else { out },
+                        out,
+                        &rc,
+                    )
+                })
                 .collect();
-            let resample =
-                (i + 1 < ch.len()).then(|| Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 0));
+            let resample = (i + 1 < ch.len())
+                .then(|| Conv2d::load(ld, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 0));
             down_blocks.push(Block { resnets, resample });
         }
         let encoder = Encoder {
@@ -139,9 +164,12 @@ impl<B: Backend> AutoencoderKL<B> {
             conv_norm_out: GroupNorm::load(ld, "encoder.conv_norm_out", g, last, EPS),
             conv_out: Conv2d::same(ld, "encoder.conv_out", last, 2 * lat, 3),
         };
-        let quant_conv = config.use_quant_conv.then(|| Conv2d::load(ld, "quant_conv", 2 * lat, 2 * lat, 1, 1, 0));
-        let post_quant_conv =
-            config.use_post_quant_conv.then(|| Conv2d::load(ld, "post_quant_conv", lat, lat, 1, 1, 0));
+        let quant_conv = config
+            .use_quant_conv
+            .then(|| Conv2d::load(ld, "quant_conv", 2 * lat, 2 * lat, 1, 1, 0));
+        let post_quant_conv = config
+            .use_post_quant_conv
+            .then(|| Conv2d::load(ld, "post_quant_conv", lat, lat, 1, 1, 0));
 
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let conv_in = Conv2d::same(ld, "decoder.conv_in", lat, rev[0], 3);
@@ -151,10 +179,18 @@ impl<B: Backend> AutoencoderKL<B> {
             let inp = if i == 0 { rev[0] } else { rev[i - 1] };
             let p = format!("decoder.up_blocks.{i}");
             let resnets = (0..=lpb)
-                .map(|j| ResnetBlock::load(ld, &format!("{p}.resnets.{j}"), if j == 0 { inp } else { out }, out, &rc))
+                .map(|j| {
+                    ResnetBlock::load(
+                        ld,
+                        &format!("{p}.resnets.{j}"),
+                        if j == 0 { inp } else { out },
+                        out,
+                        &rc,
+                    )
+                })
                 .collect();
-            let resample =
-                (i + 1 < rev.len()).then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));
+            let resample = (i + 1 < rev.len())
+                .then(|| Conv2d::same(ld, &format!("{p}.upsamplers.0.conv"), out, out, 3));
             up_blocks.push(Block { resnets, resample });
         }
         let decoder = Decoder {
@@ -164,7 +200,13 @@ impl<B: Backend> AutoencoderKL<B> {
             conv_norm_out: GroupNorm::load(ld, "decoder.conv_norm_out", g, ch[0], EPS),
             conv_out: Conv2d::same(ld, "decoder.conv_out", ch[0], config.out_channels, 3),
         };
-        Ok(Self { config: config.clone(), encoder, decoder, quant_conv, post_quant_conv })
+        Ok(Self {
+            config: config.clone(),
+            encoder,
+            decoder,
+            quant_conv,
+            post_quant_conv,
+        })
     }
 
     /// Image `[n, 3, H, W]` in [-1, 1] -> posterior over unscaled latents `[n, 4, H/8, W/8]`.
@@ -179,7 +221,9 @@ impl<B: Backend> AutoencoderKL<B> {
                 x = conv.forward(x.pad((0, 1, 0, 1), 0.0));
             }
         }
-        x = e.conv_out.forward(silu(e.conv_norm_out.forward(e.mid_block.forward(x))));
+        x = e
+            .conv_out
+            .forward(e.conv_norm_out.forward_silu(e.mid_block.forward(x)));
         if let Some(q) = &self.quant_conv {
             x = q.forward(x);
         }
@@ -209,18 +253,21 @@ impl<B: Backend> AutoencoderKL<B> {
                 x = conv.forward(upsample_nearest(x, [2 * h, 2 * w]));
             }
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+        d.conv_out.forward(d.conv_norm_out.forward_silu(x))
     }
 
     /// Pipeline-space latents (as the UNet sees them) -> image: `decode(z / scale + shift)`.
     pub fn decode_latents(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        let z = latents.div_scalar(self.config.scaling_factor).add_scalar(self.config.shift_factor.unwrap_or(0.0));
+        let z = latents
+            .div_scalar(self.config.scaling_factor)
+            .add_scalar(self.config.shift_factor.unwrap_or(0.0));
         self.decode(z)
     }
 
     /// Image -> pipeline-space latents from the posterior mean: `(mean - shift) * scale`.
     pub fn encode_latents(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
         let mean = self.encode(image).mean;
-        mean.sub_scalar(self.config.shift_factor.unwrap_or(0.0)).mul_scalar(self.config.scaling_factor)
+        mean.sub_scalar(self.config.shift_factor.unwrap_or(0.0))
+            .mul_scalar(self.config.scaling_factor)
     }
 }
