@@ -12,6 +12,7 @@ use crate::diffusion::{CfgConvention, Guidance, RepaintConfig};
 use crate::io::{ensure_out_dir, write_json, write_png, write_safetensors, CRATE_VERSION, GIT_COMMIT};
 use crate::methods::{run_method, DiffrepSpec, MethodSpec, SolverConfig};
 use crate::models::{AnalyticConfig, AnalyticPrior};
+use crate::models::sd15::precision::Precision;
 use crate::pipeline::{decode_latents, load_sd15, load_vae, read_latents, Model, SD15_FOLDER_HOWTO};
 
 #[derive(Parser, Debug)]
@@ -59,6 +60,9 @@ pub struct DecodeArgs {
     /// Backend: cpu, or cuda when built with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// VAE weights and activations: f32, or f16 / bf16 with --device cuda.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -81,6 +85,10 @@ pub struct ModelArgs {
     /// SD1.5 latent size H,W (default: the UNet's sample_size, 64,64 for SD1.5 = 512x512 images).
     #[arg(long, value_delimiter = ',')]
     pub latent_size: Option<Vec<usize>>,
+    /// SD1.5 weights and activations: f32, or f16 / bf16 on the GPU (--device cuda); the
+    /// sampler and the diffrep stay in f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 #[derive(Args, Debug)]
@@ -143,8 +151,12 @@ pub struct SampleArgs {
 /// and `extra`; `--model sd15` loads the `--weights` folder (every problem with it is a
 /// one-line error here, before anything is written).
 pub fn build_model<B: Backend>(args: &ModelArgs, extra: &[String], device: &B::Device) -> Result<Model<B>> {
+    let precision: Precision = args.precision.parse()?;
     match args.model.as_str() {
         "analytic" => {
+            if precision != Precision::F32 {
+                bail!("--precision {precision} is for --model sd15; the analytic prior is exact in f32");
+            }
             if args.latent_size.is_some() {
                 bail!("--latent-size is for --model sd15; the analytic prior's shape is --analytic-shape C,H,W");
             }
@@ -170,7 +182,23 @@ pub fn build_model<B: Backend>(args: &ModelArgs, extra: &[String], device: &B::D
                 Some([h, w]) => Some([*h, *w]),
                 Some(_) => bail!("--latent-size takes two numbers H,W (latent pixels; images are 8x larger for SD1.5)"),
             };
-            Ok(Model::Sd15(Box::new(load_sd15::<B>(dir, latent_size, device)?)))
+            match precision {
+                Precision::F32 => Ok(Model::Sd15(Box::new(load_sd15::<B>(dir, latent_size, device)?))),
+                #[cfg(feature = "cuda")]
+                Precision::F16 => {
+                    let dev = Default::default();
+                    let m = load_sd15::<crate::backend::CudaF16>(dir, latent_size, &dev)?;
+                    Ok(Model::Sd15Cast(Box::new(crate::models::sd15::precision::CastSd15::<_, B>::new(m, precision, &dev))))
+                }
+                #[cfg(feature = "cuda")]
+                Precision::Bf16 => {
+                    let dev = Default::default();
+                    let m = load_sd15::<crate::backend::CudaBf16>(dir, latent_size, &dev)?;
+                    Ok(Model::Sd15Cast(Box::new(crate::models::sd15::precision::CastSd15::<_, B>::new(m, precision, &dev))))
+                }
+                #[cfg(not(feature = "cuda"))]
+                other => bail!("--precision {other} needs the CUDA backend: this build has none (rebuild with --features cuda and pass --device cuda)"),
+            }
         }
         other => bail!("unknown model '{other}' (expected analytic or sd15)"),
     }
@@ -231,6 +259,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     }
     let guidance = Guidance::new(a.cfg, a.cfg_convention.parse::<CfgConvention>()?);
     check_device(&a.device)?;
+    a.model.precision.parse::<Precision>()?.check_device(&a.device)?;
     match a.device.as_str() {
         "cpu" => sample_on::<crate::backend::CpuAutodiff>(a, &spec, guidance, &Default::default()),
         #[cfg(feature = "cuda")]
@@ -268,7 +297,7 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     // SD1.5 samples are latents (pipeline space, `ddrep decode` reads them back).
     let tensor_name = match model {
         Model::Analytic(_) => "image",
-        Model::Sd15(_) => "latents",
+        Model::Sd15(_) | Model::Sd15Cast(_) => "latents",
     };
     write_safetensors(&out.join("output.safetensors"), &[NamedTensor { name: tensor_name.into(), shape: vec![n, c, h, w], data: all }])?;
     files.push("output.safetensors".into());
@@ -302,11 +331,17 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
 
 pub fn decode(a: &DecodeArgs) -> Result<()> {
     check_device(&a.device)?;
-    match a.device.as_str() {
-        "cpu" => decode_on::<crate::backend::Cpu>(a, &Default::default()),
+    let precision: Precision = a.precision.parse()?;
+    precision.check_device(&a.device)?;
+    match (a.device.as_str(), precision) {
+        ("cpu", _) => decode_on::<crate::backend::Cpu>(a, &Default::default()),
         #[cfg(feature = "cuda")]
-        "cuda" => decode_on::<crate::backend::Cuda>(a, &Default::default()),
-        other => unreachable!("device '{other}' was validated above"),
+        ("cuda", Precision::F32) => decode_on::<crate::backend::Cuda>(a, &Default::default()),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::F16) => decode_on::<crate::backend::CudaF16>(a, &Default::default()),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::Bf16) => decode_on::<crate::backend::CudaBf16>(a, &Default::default()),
+        (other, _) => unreachable!("device '{other}' was validated above"),
     }
 }
 

@@ -8,6 +8,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use serde_json::{json, Value};
 
 use crate::diffusion::Denoiser;
+use crate::models::sd15::precision::{CastSd15, Precision};
 use crate::models::sd15::{config, AutoencoderKL, Loader, Sd15, VaeConfig, WeightFile};
 use crate::models::AnalyticPrior;
 use crate::tensor_util::{ensure_finite, tensor_to_vec};
@@ -20,6 +21,30 @@ pub const SD15_FOLDER_HOWTO: &str = "a diffusers-format Stable Diffusion 1.5 fol
 pub enum Model<B: Backend> {
     Analytic(AnalyticPrior),
     Sd15(Box<Sd15<B>>),
+    /// SD1.5 in fp16/bf16 on its own backend (`--precision`), the sampler staying in f32.
+    Sd15Cast(Box<dyn CastModel<B>>),
+}
+
+/// What the pipeline needs from an SD1.5 model that runs on another backend than the sampler.
+pub trait CastModel<B: Backend>: Denoiser<B> {
+    fn label(&self) -> String;
+    fn record(&self) -> Result<Value>;
+    /// Latents -> images, decoded in the model's precision, returned as f32.
+    fn to_images(&self, samples: &[Vec<f32>], shape: [usize; 3]) -> Result<(Vec<Vec<f32>>, [usize; 3])>;
+}
+
+impl<L: Backend, B: Backend> CastModel<B> for CastSd15<L, B> {
+    fn label(&self) -> String {
+        format!("sd15 {} ({})", self.model.dir.display(), self.precision)
+    }
+
+    fn record(&self) -> Result<Value> {
+        sd15_record(&self.model, self.precision)
+    }
+
+    fn to_images(&self, samples: &[Vec<f32>], shape: [usize; 3]) -> Result<(Vec<Vec<f32>>, [usize; 3])> {
+        decode_latents(&self.model.vae, samples, shape, self.device())
+    }
 }
 
 impl<B: Backend> Model<B> {
@@ -27,6 +52,7 @@ impl<B: Backend> Model<B> {
         match self {
             Model::Analytic(m) => m,
             Model::Sd15(m) => m.as_ref(),
+            Model::Sd15Cast(m) => m.as_ref(),
         }
     }
 
@@ -35,36 +61,17 @@ impl<B: Backend> Model<B> {
         match self {
             Model::Analytic(_) => "embedded analytic prior".into(),
             Model::Sd15(m) => format!("sd15 {}", m.dir.display()),
+            Model::Sd15Cast(m) => m.label(),
         }
     }
 
     /// The model's settings for `record.json` (`model_config`).
     pub fn record(&self) -> Result<Value> {
-        Ok(match self {
-            Model::Analytic(m) => serde_json::to_value(m.config())?,
-            Model::Sd15(m) => {
-                let [c, h, w] = m.sample_shape();
-                let f = vae_factor(&m.vae.config);
-                let hashes: serde_json::Map<String, Value> =
-                    m.weight_hashes()?.into_iter().map(|(p, s)| (p, Value::String(s))).collect();
-                json!({
-                    "kind": "sd15",
-                    "dir": m.dir.display().to_string(),
-                    "latent_shape": [c, h, w],
-                    "image_shape": [m.vae.config.out_channels, h * f, w * f],
-                    "weights_sha256": hashes,
-                    "vae_scaling_factor": m.vae.config.scaling_factor,
-                    "unet_block_out_channels": m.unet.config.block_out_channels,
-                    "scheduler": {
-                        "num_train_timesteps": m.scheduler.num_train_timesteps,
-                        "beta_start": m.scheduler.beta_start,
-                        "beta_end": m.scheduler.beta_end,
-                        "beta_schedule": m.scheduler.beta_schedule,
-                        "set_alpha_to_one": m.scheduler.set_alpha_to_one(),
-                    },
-                })
-            }
-        })
+        match self {
+            Model::Analytic(m) => Ok(serde_json::to_value(m.config())?),
+            Model::Sd15(m) => sd15_record(m, Precision::F32),
+            Model::Sd15Cast(m) => m.record(),
+        }
     }
 
     /// Sampled tensors (one `[C, H, W]` per sample) -> images in about `[-1, 1]`: the samples
@@ -73,8 +80,33 @@ impl<B: Backend> Model<B> {
         match self {
             Model::Analytic(_) => Ok((samples.to_vec(), shape)),
             Model::Sd15(m) => decode_latents(&m.vae, samples, shape, device),
+            Model::Sd15Cast(m) => m.to_images(samples, shape),
         }
     }
+}
+
+/// An SD1.5 model's settings for `record.json`.
+fn sd15_record<L: Backend>(m: &Sd15<L>, precision: Precision) -> Result<Value> {
+    let [c, h, w] = m.sample_shape();
+    let f = vae_factor(&m.vae.config);
+    let hashes: serde_json::Map<String, Value> = m.weight_hashes()?.into_iter().map(|(p, s)| (p, Value::String(s))).collect();
+    Ok(json!({
+        "kind": "sd15",
+        "dir": m.dir.display().to_string(),
+        "precision": precision,
+        "latent_shape": [c, h, w],
+        "image_shape": [m.vae.config.out_channels, h * f, w * f],
+        "weights_sha256": hashes,
+        "vae_scaling_factor": m.vae.config.scaling_factor,
+        "unet_block_out_channels": m.unet.config.block_out_channels,
+        "scheduler": {
+            "num_train_timesteps": m.scheduler.num_train_timesteps,
+            "beta_start": m.scheduler.beta_start,
+            "beta_end": m.scheduler.beta_end,
+            "beta_schedule": m.scheduler.beta_schedule,
+            "set_alpha_to_one": m.scheduler.set_alpha_to_one(),
+        },
+    }))
 }
 
 /// Spatial factor from latents to pixels: one 2x upsampler per decoder block but the last.

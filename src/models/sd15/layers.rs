@@ -7,6 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Bool, Tensor};
+#[cfg(test)]
+use burn::tensor::TensorData;
 
 use super::cpu_kernels;
 use super::weights::Loader;
@@ -280,11 +282,7 @@ impl<B: Backend> GroupNorm<B> {
             }
         };
         let g = self.groups;
-        let x = x.reshape([n, g, (c / g) * h * w]);
-        // Two-pass (biased) variance, like PyTorch's group_norm.
-        let xc = x.clone() - x.mean_dim(2);
-        let var = xc.clone().powi_scalar(2).mean_dim(2);
-        let y = (xc / var.add_scalar(self.eps).sqrt()).reshape([n, c, h, w]);
+        let y = normalise_last(x.reshape([n, g, (c / g) * h * w]), self.eps).reshape([n, c, h, w]);
         let y = y * gamma.clone().reshape([1, c, 1, 1]) + beta.clone().reshape([1, c, 1, 1]);
         if act {
             silu(y)
@@ -326,11 +324,27 @@ impl<B: Backend> LayerNorm<B> {
                 return cpu_kernels::from_vec(v, dims, &device);
             }
         };
-        let xc = x.clone() - x.mean_dim(2);
-        let var = xc.clone().powi_scalar(2).mean_dim(2);
-        let y = xc / var.add_scalar(self.eps).sqrt();
-        y * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
+        normalise_last(x, self.eps) * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
     }
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last axis, two-pass (biased) variance like
+/// PyTorch's norms. In fp16 (largest value 65504) the squares of deviations above 256
+/// overflow, so there the deviations are first divided by their largest magnitude (at least 1).
+fn normalise_last<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    normalise_last_scaled(x, eps, std::any::type_name::<B::FloatElem>().ends_with("::f16"))
+}
+
+fn normalise_last_scaled<B: Backend>(x: Tensor<B, 3>, eps: f64, scaled: bool) -> Tensor<B, 3> {
+    let xc = x.clone() - x.mean_dim(2);
+    if scaled {
+        let s = xc.clone().abs().max_dim(2).clamp_min(1.0);
+        let xs = xc / s.clone();
+        let var = xs.clone().powi_scalar(2).mean_dim(2);
+        return xs / (var + s.powi_scalar(2).recip().mul_scalar(eps)).sqrt();
+    }
+    let var = xc.clone().powi_scalar(2).mean_dim(2);
+    xc / var.add_scalar(eps).sqrt()
 }
 
 /// Multi-head scaled dot-product attention on `[n, L, C]` projections, scale `head_dim^-0.5`.
@@ -456,5 +470,23 @@ impl<B: Backend> ResnetBlock<B> {
         } else {
             y.div_scalar(self.out_scale)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    /// The fp16 form of the norm (deviations scaled by their largest magnitude first) is the
+    /// same function: checked in f32 on rows with small and large spreads.
+    #[test]
+    fn scaled_normalisation_is_the_same_function() {
+        let v: Vec<f32> = (0..3 * 40).map(|i| ((i * 37 % 23) as f32 - 11.0) * if i < 40 { 0.01 } else if i < 80 { 1.0 } else { 900.0 }).collect();
+        let x = Tensor::<Cpu, 3>::from_data(TensorData::new(v, [1, 3, 40]), &Default::default());
+        let a = normalise_last_scaled(x.clone(), 1e-5, false);
+        let b = normalise_last_scaled(x, 1e-5, true);
+        let err: f32 = (a - b).abs().max().into_scalar();
+        assert!(err < 1e-5, "{err}");
     }
 }

@@ -14,6 +14,7 @@ pub mod clip;
 pub mod config;
 pub mod cpu_kernels;
 pub mod layers;
+pub mod precision;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

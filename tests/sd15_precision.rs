@@ -1,0 +1,86 @@
+//! SD1.5 on another backend than the sampler (`CastSd15`, what `--precision f16|bf16` uses on
+//! CUDA), checked on the CPU with the model on `NdArray<f64>` and the sampler on the f32
+//! backend: the casts in and out, the denoiser and the decode match the diffusers fixture.
+//! fp16/bf16 themselves need a GPU (burn's CPU backend has no half types); on a CPU build the
+//! flag is refused with a one-line error, tested here too.
+
+mod common;
+mod sd15_common;
+
+use std::process::Command;
+
+use burn::backend::NdArray;
+use burn::tensor::Tensor;
+use ddrep::diffusion::Denoiser;
+use ddrep::models::sd15::precision::{CastSd15, Precision};
+use ddrep::models::sd15::LoadOptions;
+use ddrep::pipeline::{CastModel, Model};
+use sd15_common::{check, model_dir, Expected, B};
+
+type F64 = NdArray<f64>;
+
+#[test]
+fn model_on_another_backend_matches_the_fixture() {
+    let device = Default::default();
+    let m = CastSd15::<F64, B>::load(&model_dir(), Precision::F32, &device, LoadOptions::default()).unwrap();
+    let exp = Expected::open("unet_cfg.safetensors");
+    let x: Tensor<B, 4> = exp.get::<4>("sample");
+    let prompt = "a photo of an astronaut riding a horse";
+    let both = m.eps(Tensor::cat(vec![x.clone(), x], 0), &[500, 500], &[None, Some(prompt)]).unwrap();
+    check("cast eps_uncond", both.clone().narrow(0, 0, 1), exp.get::<4>("eps_uncond"), 1e-4);
+    check("cast eps_cond", both.narrow(0, 1, 1), exp.get::<4>("eps_cond"), 1e-4);
+    assert_eq!(m.sample_shape(), [4, 16, 16]);
+    assert!(m.describe().ends_with("[f32]"), "{}", m.describe());
+
+    let vae = Expected::open("vae.safetensors");
+    check("cast decode", m.decode(vae.get::<4>("decode_latents")), vae.get::<4>("decode_image"), 1e-4);
+
+    // Through the pipeline's model enum, as `ddrep sample` uses it.
+    let lat = vae.get::<4>("decode_latents");
+    let [n, c, h, w] = lat.dims();
+    let flat: Vec<f32> = lat.into_data().into_vec().unwrap();
+    let samples: Vec<Vec<f32>> = flat.chunks(c * h * w).map(|s| s.to_vec()).collect();
+    let record = CastModel::<B>::record(&m).unwrap();
+    assert_eq!(record["precision"], "f32");
+    let model: Model<B> = Model::Sd15Cast(Box::new(m));
+    let (images, shape) = model.to_images(&samples, [c, h, w], &Default::default()).unwrap();
+    assert_eq!(images.len(), n);
+    let want: Vec<f32> = vae.get::<4>("decode_image").into_data().into_vec().unwrap();
+    let got: Vec<f32> = images.concat();
+    assert_eq!(got.len(), want.len(), "{shape:?}");
+    let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+    let err = got.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+    assert!(err < 1e-4, "decode through Model::Sd15Cast: {err}");
+}
+
+#[test]
+fn precision_names_parse() {
+    for (s, p) in [("f32", Precision::F32), ("fp16", Precision::F16), ("F16", Precision::F16), ("bf16", Precision::Bf16), ("bfloat16", Precision::Bf16)] {
+        assert_eq!(s.parse::<Precision>().unwrap(), p);
+    }
+    assert!("f8".parse::<Precision>().unwrap_err().to_string().contains("expected f32, f16 or bf16"));
+    assert!(Precision::F16.check_device("cpu").is_err());
+    assert!(Precision::F32.check_device("cpu").is_ok());
+}
+
+#[test]
+fn half_precision_on_the_cpu_is_a_one_line_error() {
+    let weights = model_dir();
+    let out = std::env::temp_dir().join(format!("ddrep-precision-{}", std::process::id()));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["sample", "--prompt", "a cat", "--out", out.to_str().unwrap(), "--steps", "1", "--solver-steps", "1"];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_ddrep")).args(&args).env_remove("DDREP_SD15").output().unwrap()
+    };
+    let sd = ["--model", "sd15", "--weights", weights.to_str().unwrap()];
+    common::assert_one_line_error(&run(&[&sd[..], &["--precision", "f16"]].concat()), "runs on the GPU only");
+    common::assert_one_line_error(&run(&[&sd[..], &["--precision", "bf16"]].concat()), "--device cuda");
+    common::assert_one_line_error(&run(&[&sd[..], &["--precision", "f8"]].concat()), "unknown precision 'f8'");
+    common::assert_one_line_error(&run(&["--precision", "f16", "--device", "cpu"]), "runs on the GPU only");
+    let dec = Command::new(env!("CARGO_BIN_EXE_ddrep"))
+        .args(["decode", "--weights", weights.to_str().unwrap(), "--latents", "x.safetensors", "--precision", "bf16", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    common::assert_one_line_error(&dec, "runs on the GPU only");
+    assert!(!out.exists(), "nothing may be written on a refused run");
+}
