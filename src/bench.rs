@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::backend::{Cpu, CpuAutodiff};
+use crate::models::sd15::precision::Precision;
 use crate::models::sd15::{Loader, UNet2DConditionModel, UnetConfig};
 use crate::diffrep::{Diffrep, SirenConfig, SirenDiffrep};
 use crate::methods::solver::{fit, SolverConfig};
@@ -42,6 +43,15 @@ pub struct BenchArgs {
     /// per batch-2 eval on the 2-core dev machine, about 4 minutes with diffusers).
     #[arg(long)]
     pub tiny_only: bool,
+    /// unet: backend, cpu or cuda (with the `cuda` feature); diffusers runs on the same device.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// unet: f32, or f16 / bf16 with --device cuda (diffusers in the same dtype).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// unet: untimed evals before timing (GPU kernels autotune on their first calls).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
     /// Python with torch for the reference loop (skipped if it has no torch).
     #[arg(long, env = "DDREP_PYTHON", default_value = "python3")]
     pub python: String,
@@ -141,7 +151,8 @@ fn bench_siren(a: &BenchArgs) -> Result<()> {
     println!("| framework | SIRENs | grid | width x depth | Adam steps/s | ms/step | threads |");
     println!("|---|---|---|---|---|---|---|");
     println!("| ddrep (burn {} ndarray) | {} | {}x{} | {}x{} | {:.3} | {:.1} | {} |", "0.20.1", a.sirens, a.res, a.res, a.width, a.depth, ours, 1000.0 / ours, threads);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bench/siren_bench.py");
+    let script = repo_file("tools/bench/siren_bench.py");
+    let script = script.to_str().unwrap_or_default();
     let torch = Command::new(&a.python)
         .args([script, "--sirens", &a.sirens.to_string(), "--width", &a.width.to_string(), "--depth", &a.depth.to_string(), "--res", &a.res.to_string(), "--steps", &a.steps.to_string(), "--threads", &threads.to_string()])
         .output();
@@ -174,8 +185,19 @@ pub const SD15_UNET_CONFIG: &str = r#"{
   "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
 }"#;
 
-/// The tiny fixture UNet's config (`tests/fixtures/sd15_tiny/model/unet/config.json`).
-const TINY_UNET_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd15_tiny/model/unet/config.json");
+/// The tiny fixture UNet's config.
+const TINY_UNET_CONFIG: &str = "tests/fixtures/sd15_tiny/model/unet/config.json";
+
+/// A file of the repository: relative to the working directory when it is there (a checkout
+/// carried to another machine), else in the checkout this binary was built from.
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+}
 
 /// Batch 2: one classifier-free-guidance eval ([uncond; cond] in one call).
 const UNET_BATCH: usize = 2;
@@ -218,24 +240,40 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Random-weight UNet from `cfg`, one warm-up eval, then `evals` timed evals at batch 2.
-fn time_unet(cfg: &UnetConfig, evals: usize) -> Result<UnetTiming> {
+/// Random-weight UNet from `cfg` on the device and precision of `a`, `a.warmup` untimed evals,
+/// then `evals` timed evals at batch 2.
+fn time_unet(a: &BenchArgs, cfg: &UnetConfig, evals: usize) -> Result<UnetTiming> {
+    let precision: Precision = a.precision.parse()?;
+    match (a.device.as_str(), precision) {
+        ("cpu", _) => time_unet_on::<Cpu>(cfg, a.warmup, evals),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::F32) => time_unet_on::<crate::backend::Cuda>(cfg, a.warmup, evals),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::F16) => time_unet_on::<crate::backend::CudaF16>(cfg, a.warmup, evals),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::Bf16) => time_unet_on::<crate::backend::CudaBf16>(cfg, a.warmup, evals),
+        (other, _) => bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+    }
+}
+
+fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usize, evals: usize) -> Result<UnetTiming> {
     use burn::tensor::{Distribution, Tensor};
     let device = Default::default();
-    let mut ld = Loader::<Cpu>::random("unet", &device);
+    let mut ld = Loader::<B>::random("unet", &device);
     let unet = UNet2DConditionModel::load(&mut ld, cfg)?;
     let params = ld.num_params();
     let s = sample_size(cfg);
     let shape = [UNET_BATCH, cfg.in_channels, s, s];
-    let x = Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-    let ctx = Tensor::<Cpu, 3>::random([UNET_BATCH, 77, cross_dim(cfg)], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let ctx = Tensor::<B, 3>::random([UNET_BATCH, 77, cross_dim(cfg)], Distribution::Normal(0.0, 1.0), &device);
     let ts = vec![500.0; UNET_BATCH];
     let mut times = Vec::new();
-    for i in 0..=evals {
+    for i in 0..warmup + evals {
         let t = Instant::now();
         let eps = unet.forward(x.clone(), &ts, ctx.clone())?;
+        // Reading the result back also waits for an asynchronous (GPU) backend.
         crate::tensor_util::ensure_finite(&eps, || "the benchmark UNet output".into())?;
-        if i > 0 {
+        if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
     }
@@ -250,9 +288,16 @@ fn time_unet(cfg: &UnetConfig, evals: usize) -> Result<UnetTiming> {
 
 /// Runs `tools/bench/unet_bench.py` on the same config; `Err(reason)` when skipped.
 fn diffusers_unet(a: &BenchArgs, config_path: &str, evals: usize, threads: usize) -> std::result::Result<serde_json::Value, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bench/unet_bench.py");
+    let script = repo_file("tools/bench/unet_bench.py");
+    let script = script.to_str().unwrap_or_default();
+    let dtype = match a.precision.parse::<Precision>().map_err(|e| e.to_string())? {
+        Precision::F32 => "float32",
+        Precision::F16 => "float16",
+        Precision::Bf16 => "bfloat16",
+    };
     let o = Command::new(&a.python)
         .args([script, "--config", config_path, "--batch", &UNET_BATCH.to_string(), "--evals", &evals.to_string(), "--threads", &threads.to_string()])
+        .args(["--device", &a.device, "--dtype", dtype, "--warmup", &a.warmup.max(1).to_string()])
         .output()
         .map_err(|e| format!("{}: {e}", a.python))?;
     if !o.status.success() {
@@ -268,11 +313,14 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     if a.evals == 0 || a.full_evals == 0 {
         bail!("--evals and --full-evals must be positive");
     }
+    let precision: Precision = a.precision.parse()?;
+    precision.check_device(&a.device)?;
     let threads = rayon::current_num_threads();
-    let tiny: UnetConfig = crate::models::sd15::config::read_config(std::path::Path::new(TINY_UNET_CONFIG))?;
+    let tiny_path = repo_file(TINY_UNET_CONFIG);
+    let tiny: UnetConfig = crate::models::sd15::config::read_config(&tiny_path)?;
     let full: UnetConfig = serde_json::from_str(SD15_UNET_CONFIG)?;
     let full_path = std::env::temp_dir().join(format!("ddrep-bench-sd15-unet-{}.json", std::process::id()));
-    let mut runs: Vec<(&str, &UnetConfig, String, usize)> = vec![("tiny (fixture)", &tiny, TINY_UNET_CONFIG.to_string(), a.evals)];
+    let mut runs: Vec<(&str, &UnetConfig, String, usize)> = vec![("tiny (fixture)", &tiny, tiny_path.display().to_string(), a.evals)];
     if !a.tiny_only {
         crate::io::write_atomic(&full_path, SD15_UNET_CONFIG.as_bytes())?;
         runs.push(("SD1.5 (random weights)", &full, full_path.display().to_string(), a.full_evals));
@@ -281,7 +329,7 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     let mut notes = Vec::new();
     for (name, cfg, path, evals) in &runs {
         eprintln!("timing the {name} UNet: ddrep ...");
-        let ours = time_unet(cfg, *evals)?;
+        let ours = time_unet(a, cfg, *evals)?;
         eprintln!("timing the {name} UNet: diffusers ...");
         let theirs = diffusers_unet(a, path, *evals, threads);
         rows.push((name.to_string(), ours, theirs));
@@ -291,7 +339,8 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     for (name, ours, theirs) in &rows {
         let shape = format!("{:?}", ours.shape);
-        println!("| {name} | {} | {shape} | ddrep (burn 0.20.1 ndarray) | {:.4} | {:.4} | {} | {threads} |", ours.params, ours.median_s, ours.min_s, ours.evals);
+        let backend = if a.device == "cpu" { "ndarray".to_string() } else { format!("{} {precision}", a.device) };
+        println!("| {name} | {} | {shape} | ddrep (burn 0.20.1 {backend}) | {:.4} | {:.4} | {} | {threads} |", ours.params, ours.median_s, ours.min_s, ours.evals);
         match theirs {
             Ok(v) => {
                 let ts = v["median_s"].as_f64().unwrap_or(f64::NAN);

@@ -36,6 +36,8 @@ pub enum Command {
     Slurm(crate::experiment::SlurmArgs),
     /// Decode SD1.5 latents (a safetensors file) to PNGs with the VAE of a diffusers folder.
     Decode(DecodeArgs),
+    /// SD1.5 parity with the diffusers fixture on a backend and precision (for the GPU machine, where cargo test cannot run).
+    Parity(crate::parity::ParityArgs),
     /// Benchmarks: `siren` (Adam steps of 8 paper-size SIRENs), `unet` (SD1.5 UNet evals), `views` (panorama and NeRF loops).
     Bench(crate::bench::BenchArgs),
     /// PSNR / SSIM / LPIPS / KID between two images or two folders of images.
@@ -372,6 +374,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Decode(a) => decode(&a),
         Command::Demo(a) => crate::demo::demo(&a),
         Command::Bench(a) => crate::bench::bench(&a),
+        Command::Parity(a) => crate::parity::parity(&a),
         Command::Compare(a) => crate::report::compare::compare(&a),
         Command::Score(a) => crate::report::score::score(&a),
         Command::Report(a) => crate::report::generate::report(&a),

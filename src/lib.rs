@@ -10,6 +10,7 @@ pub mod methods;
 pub mod metrics;
 pub mod models;
 pub mod noise;
+pub mod parity;
 pub mod pipeline;
 pub mod tensor_util;
 pub mod bench;

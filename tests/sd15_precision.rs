@@ -84,3 +84,30 @@ fn half_precision_on_the_cpu_is_a_one_line_error() {
     common::assert_one_line_error(&dec, "runs on the GPU only");
     assert!(!out.exists(), "nothing may be written on a refused run");
 }
+
+/// `ddrep parity` (the command carried to the GPU machine) on the CPU: all checks pass at the
+/// f32 tolerance, fail at an impossible one, and a missing fixture folder is a one-line error.
+#[test]
+fn parity_command_checks_every_part() {
+    let fixtures = model_dir().parent().unwrap().to_path_buf();
+    let json = std::env::temp_dir().join(format!("ddrep-parity-{}.json", std::process::id()));
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ddrep")).args(["parity", "--fixtures", fixtures.to_str().unwrap()]).args(extra).output().unwrap()
+    };
+    let o = run(&["--json", json.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("all 8 checks within 1e-4"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 8);
+    for c in checks {
+        let e = c["rel_err"].as_f64().unwrap();
+        assert!(e > 0.0 && e < 1e-4, "{c}");
+    }
+    let _ = std::fs::remove_file(&json);
+
+    common::assert_one_line_error(&run(&["--tol", "1e-12"]), "8 check(s) above 1e-12: text_encoder last_hidden_state, unet eps t=999");
+    let o = Command::new(env!("CARGO_BIN_EXE_ddrep")).args(["parity", "--fixtures", "/nonexistent/fixtures"]).output().unwrap();
+    common::assert_one_line_error(&o, "/nonexistent/fixtures/model");
+}

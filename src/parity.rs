@@ -1,0 +1,170 @@
+//! `ddrep parity`: the SD1.5 fixture comparisons of `tests/sd15_parity.rs` as a command, for
+//! a backend and precision that `cargo test` cannot reach (the GPU machine has no Rust
+//! toolchain: the `cuda` binary is built elsewhere and carried there with the fixtures).
+//!
+//! Each check runs one model part on the chosen backend, in the chosen precision, on the
+//! fixture's inputs and compares with diffusers' fp32 CPU output: `max|a-b| / max|b|`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::diffusion::Denoiser;
+use crate::models::sd15::precision::Precision;
+use crate::models::sd15::{Sd15, WeightFile};
+
+#[derive(Args, Debug)]
+pub struct ParityArgs {
+    /// The fixture folder made by tools/fixtures (model/ and expected/).
+    #[arg(long, default_value = "tests/fixtures/sd15_tiny")]
+    pub fixtures: PathBuf,
+    /// Backend: cpu, or cuda when built with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, or f16 / bf16 with --device cuda.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// Largest accepted relative error (default: 1e-4 for f32, 1e-2 for f16, 5e-2 for bf16).
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The default tolerance: 1e-4 is the fp32 bound; half precision keeps about 3
+/// (f16) or 2 (bf16) significant digits per operation.
+pub fn default_tol(p: Precision) -> f64 {
+    match p {
+        Precision::F32 => 1e-4,
+        Precision::F16 => 1e-2,
+        Precision::Bf16 => 5e-2,
+    }
+}
+
+pub struct Check {
+    pub name: String,
+    pub rel_err: f64,
+}
+
+pub fn parity(a: &ParityArgs) -> Result<()> {
+    let precision: Precision = a.precision.parse()?;
+    precision.check_device(&a.device)?;
+    let tol = a.tol.unwrap_or(default_tol(precision));
+    let checks = match (a.device.as_str(), precision) {
+        ("cpu", _) => run_checks::<crate::backend::Cpu>(&a.fixtures, &Default::default())?,
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::F32) => run_checks::<crate::backend::Cuda>(&a.fixtures, &Default::default())?,
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::F16) => run_checks::<crate::backend::CudaF16>(&a.fixtures, &Default::default())?,
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::Bf16) => run_checks::<crate::backend::CudaBf16>(&a.fixtures, &Default::default())?,
+        (other, _) => bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+    };
+    println!("| check ({} {precision}) | max|a-b|/max|b| | tolerance | ok |", a.device);
+    println!("|---|---|---|---|");
+    for c in &checks {
+        println!("| {} | {:.3e} | {tol:.0e} | {} |", c.name, c.rel_err, if c.rel_err < tol { "yes" } else { "NO" });
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| !(c.rel_err < tol)).map(|c| c.name.as_str()).collect();
+    if let Some(path) = &a.json {
+        let v = json!({
+            "device": a.device, "precision": precision, "tolerance": tol,
+            "checks": checks.iter().map(|c| json!({"name": c.name, "rel_err": c.rel_err})).collect::<Vec<_>>(),
+            "failed": failed,
+        });
+        crate::io::write_json(path, &v)?;
+    }
+    if !failed.is_empty() {
+        bail!("parity on {} {precision}: {} check(s) above {tol:.0e}: {}", a.device, failed.len(), failed.join(", "));
+    }
+    println!("all {} checks within {tol:.0e}", checks.len());
+    Ok(())
+}
+
+/// An expected-output file of the fixture.
+struct Expected(WeightFile);
+
+impl Expected {
+    fn open(dir: &Path, name: &str) -> Result<Self> {
+        Ok(Self(WeightFile::open(&dir.join("expected").join(name), str::to_string)?))
+    }
+
+    fn host(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.0.tensor_f32(name)
+    }
+
+    fn get<B: Backend, const D: usize>(&self, name: &str, device: &B::Device) -> Result<Tensor<B, D>> {
+        let (v, shape) = self.host(name)?;
+        let shape: [usize; D] = shape.try_into().map_err(|s| anyhow!("{name}: rank of {s:?} is not {D}"))?;
+        Ok(Tensor::from_data(TensorData::new(v, shape), device))
+    }
+}
+
+/// `max|a - b| / max|b|` with `a` in any precision (compared in f64).
+fn rel_err<B: Backend, const D: usize>(a: Tensor<B, D>, b: &(Vec<f32>, Vec<usize>)) -> Result<f64> {
+    if a.dims().to_vec() != b.1 {
+        bail!("shape {:?} != expected {:?}", a.dims(), b.1);
+    }
+    let a: Vec<f32> = a.into_data().convert::<f32>().into_vec().map_err(|e| anyhow!("{e:?}"))?;
+    let (mut diff, mut scale) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(&b.0) {
+        // NaN anywhere makes the error NaN (and the check fail).
+        diff = if (*x as f64 - *y as f64).is_nan() { f64::NAN } else { diff.max((*x as f64 - *y as f64).abs()) };
+        scale = scale.max((*y as f64).abs());
+    }
+    Ok(diff / scale)
+}
+
+fn manifest_inputs(dir: &Path, file: &str) -> Result<Value> {
+    let path = dir.join("expected/manifest.json");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
+    m["files"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["file"] == file))
+        .map(|f| f["inputs"].clone())
+        .ok_or_else(|| anyhow!("{}: no entry for {file}", path.display()))
+}
+
+/// Every check on backend `B` (its float type is the precision).
+pub fn run_checks<B: Backend>(fixtures: &Path, device: &B::Device) -> Result<Vec<Check>> {
+    let sd = Sd15::<B>::load(fixtures.join("model"), device)?;
+    let mut out = Vec::new();
+    let mut push = |name: &str, e: f64| out.push(Check { name: name.to_string(), rel_err: e });
+
+    let te = Expected::open(fixtures, "text_encoder.safetensors")?;
+    let prompts = manifest_inputs(fixtures, "text_encoder.safetensors")?["prompts"].clone();
+    let ids: Vec<Vec<u32>> = prompts
+        .as_array()
+        .ok_or_else(|| anyhow!("manifest: text_encoder prompts missing"))?
+        .iter()
+        .map(|p| sd.tokenizer.encode(p.as_str().unwrap_or_default()))
+        .collect();
+    push("text_encoder last_hidden_state", rel_err(sd.text_encoder.forward(&ids)?.last_hidden_state, &te.host("last_hidden_state")?)?);
+
+    let un = Expected::open(fixtures, "unet.safetensors")?;
+    let x = un.get::<B, 4>("sample", device)?;
+    let ctx = un.get::<B, 3>("encoder_hidden_states", device)?;
+    for t in [999.0, 500.0, 1.0] {
+        let eps = sd.unet.forward(x.clone(), &[t, t], ctx.clone())?;
+        push(&format!("unet eps t={t}"), rel_err(eps, &un.host(&format!("eps_t{t}"))?)?);
+    }
+
+    let cfg = Expected::open(fixtures, "unet_cfg.safetensors")?;
+    let x = cfg.get::<B, 4>("sample", device)?;
+    let inputs = manifest_inputs(fixtures, "unet_cfg.safetensors")?;
+    let prompt = inputs["prompts"][1].as_str().ok_or_else(|| anyhow!("manifest: unet_cfg prompts missing"))?;
+    let t = inputs["timestep"].as_u64().ok_or_else(|| anyhow!("manifest: unet_cfg timestep missing"))? as usize;
+    let both = sd.eps(Tensor::cat(vec![x.clone(), x], 0), &[t, t], &[None, Some(prompt)])?;
+    push("denoiser eps uncond (CFG batch)", rel_err(both.clone().narrow(0, 0, 1), &cfg.host("eps_uncond")?)?);
+    push("denoiser eps cond (CFG batch)", rel_err(both.narrow(0, 1, 1), &cfg.host("eps_cond")?)?);
+
+    let vae = Expected::open(fixtures, "vae.safetensors")?;
+    push("vae decode", rel_err(sd.decode(vae.get::<B, 4>("decode_latents", device)?), &vae.host("decode_image")?)?);
+    let post = sd.vae.encode(vae.get::<B, 4>("encode_image", device)?);
+    push("vae encode mean", rel_err(post.mean, &vae.host("encode_mean")?)?);
+    Ok(out)
+}

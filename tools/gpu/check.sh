@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU half of issue #4, run ON the GPU machine from the repository root, with .gpu/ and
+# .whl/ carried there (made by tools/gpu/prepare.sh):
+#   - `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
+#   - `ddrep bench unet` on CUDA in each precision, diffusers beside it on the same card in
+#     the same dtype (the ratio is printed by ddrep).
+# Everything is written to $OUT (or ./gpu-out). Each step has its own timeout so that one
+# hang does not eat the whole device budget; a failing step is reported and the next runs.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+B=.gpu/ddrep
+export PYTHONUNBUFFERED=1
+{
+    echo "commit: $(cat .gpu/commit 2>/dev/null || echo unknown)"
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+} 2>&1 | tee "$OUT/gpu.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
+
+# 3 x 60 s + 3 x 120 s = 9 min at most, inside the 10-minute command limit. At most 8 files
+# come back from $OUT: gpu.txt, parity_*.txt, bench_*.txt are 7.
+PARITY_S=${PARITY_S:-60}
+BENCH_S=${BENCH_S:-120}
+for p in f32 f16 bf16; do
+    echo "== parity cuda $p"
+    timeout "$PARITY_S" "$B" parity --device cuda --precision "$p" > "$OUT/parity_$p.txt" 2>&1
+    echo "exit $?" >> "$OUT/parity_$p.txt"
+    cat "$OUT/parity_$p.txt"
+done
+for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do
+    echo "== bench unet cuda $p"
+    timeout "$BENCH_S" "$B" bench unet --device cuda --precision "$p" --warmup 3 --evals 20 --full-evals 10 --python python3 > "$OUT/bench_$p.txt" 2>&1
+    echo "exit $?" >> "$OUT/bench_$p.txt"
+    cat "$OUT/bench_$p.txt"
+done

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Prepares a GPU check (run HERE, on the build machine, from the repository root):
+#   1. builds `ddrep` with --features cuda in its own target dir (so the CPU build stays warm;
+#      the cuda feature changes features of dependencies shared with polars), strips it and
+#      puts it at .gpu/ddrep;
+#   2. downloads the diffusers wheel (and the one dependency the GPU image lacks) into .whl/
+#      for the PyTorch reference of `ddrep bench unet` there.
+# Both folders are ignored through .git/info/exclude. Then run tools/gpu/check.sh on the GPU
+# machine with `carry: [".gpu", ".whl"]` (see tools/bench/README.md, "On the GPU machine").
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+for d in /.gpu/ /.whl/; do
+    grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude
+done
+
+export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/ddrep-target-cuda}
+cargo build --release --features cuda --bin ddrep
+mkdir -p .gpu
+strip -o .gpu/ddrep "$CARGO_TARGET_DIR/release/ddrep"
+git rev-parse HEAD > .gpu/commit
+echo "built .gpu/ddrep ($(du -h .gpu/ddrep | cut -f1)) from $(cat .gpu/commit)"
+
+PY=${PYTHON:-python3}
+mkdir -p .whl
+# Python 3.12 on the GPU image; diffusers is pure Python. importlib_metadata is the one
+# requirement of diffusers 0.42.1 that the image (2026-11 package list) does not hold.
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any \
+    -d .whl diffusers==0.42.1 importlib_metadata==8.7.0
+ls -la .whl
+du -sh .gpu .whl
