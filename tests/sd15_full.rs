@@ -1,6 +1,6 @@
 //! Full-size SD1.5 architecture from its real config values (nothing downloaded):
 //! parameter counts from shapes alone (no 3.4 GB allocation), and one slow random-weight
-//! UNet eval at 1x4x64x64 on the CPU (`--ignored`).
+//! UNet eval at 1x4x64x64 on the CPU.
 
 mod sd15_common;
 
@@ -58,8 +58,8 @@ fn full_vae_and_text_encoder_parameter_counts() {
 }
 
 /// Builds the real-size UNet with random weights (~3.5 GB) and runs one 1x4x64x64 eval.
+/// About 25 s and 3.6 GB peak RSS on 2 cores (18 s of it drawing the random weights).
 #[test]
-#[ignore = "slow: allocates 3.4 GB of weights and runs a full-size UNet eval on the CPU"]
 fn full_unet_eval_on_cpu() {
     let cfg: UnetConfig = serde_json::from_str(SD15_UNET).unwrap();
     let device = Default::default();

@@ -16,6 +16,29 @@ use burn_ndarray::NdArrayTensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+/// `fn $name(args)` running `$generic` compiled for AVX2 + FMA when the CPU has them (checked
+/// at run time; the crate itself is built for baseline x86-64), else as built. `$generic` is
+/// `#[inline(always)]` and written so that the compiler vectorises it.
+macro_rules! with_avx2 {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $generic:ident) => {
+        $(#[$m])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
 /// Whether `B` is the plain f32 ndarray backend, where these kernels replace burn's.
 /// (Not under autodiff: a kernel here would cut the graph.)
 pub fn host_backend<B: Backend>(device: &B::Device) -> bool {
@@ -455,23 +478,9 @@ pub fn group_norm(
     });
 }
 
-/// `v <- silu(v * g + b)`.
-fn silu_affine(v: &mut [f32], g: f32, b: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { silu_affine_avx2(v, g, b) };
-        }
-    }
-    silu_affine_generic(v, g, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_affine_avx2(v: &mut [f32], g: f32, b: f32) {
-    silu_affine_generic(v, g, b)
+with_avx2! {
+    /// `v <- silu(v * g + b)`.
+    fn silu_affine(v: &mut [f32], g: f32, b: f32) => silu_affine_generic
 }
 
 #[inline(always)]
@@ -506,22 +515,8 @@ pub fn geglu(h: &[f32], rows: usize, inner: usize) -> Vec<f32> {
     out
 }
 
-fn geglu_row(out: &mut [f32], value: &[f32], gate: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { geglu_row_avx2(out, value, gate) };
-        }
-    }
-    geglu_row_generic(out, value, gate)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn geglu_row_avx2(out: &mut [f32], value: &[f32], gate: &[f32]) {
-    geglu_row_generic(out, value, gate)
+with_avx2! {
+    fn geglu_row(out: &mut [f32], value: &[f32], gate: &[f32]) => geglu_row_generic
 }
 
 #[inline(always)]
@@ -646,23 +641,9 @@ pub fn attention(
     out
 }
 
-/// `row <- exp(row - max(row))`; returns the sum of the new row.
-fn softmax_unnormalised(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { softmax_unnormalised_avx2(row) };
-        }
-    }
-    softmax_unnormalised_generic(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_unnormalised_avx2(row: &mut [f32]) -> f32 {
-    softmax_unnormalised_generic(row)
+with_avx2! {
+    /// `row <- exp(row - max(row))`; returns the sum of the new row.
+    fn softmax_unnormalised(row: &mut [f32]) -> f32 => softmax_unnormalised_generic
 }
 
 /// Written in lanes of 16 so that the compiler vectorises it (no float reassociation needed).
