@@ -957,6 +957,24 @@ mod tests {
         assert!(max_rel(&back, &want) < 1e-5);
     }
 
+    /// Bit-identical results with 1 and with 4 threads, at sizes where the GEMMs split work
+    /// across threads (the CPU backend's determinism promise covers thread counts).
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let s = ConvShape { n: 2, c: 64, h: 32, w: 32, o: 96, k: 3, stride: 1, padding: 1 };
+                let y = conv2d(&pseudo(2 * 64 * 32 * 32, 20), s, &pseudo(96 * 64 * 9, 21), &pseudo(96, 22));
+                let (l, c) = (1024, 64);
+                let a = attention(&pseudo(2 * l * c, 23), &pseudo(2 * l * c, 24), &pseudo(2 * l * c, 25), 2, l, l, c, 4);
+                let z = linear(&pseudo(2048 * 256, 26), 2048, 256, &pseudo(256 * 512, 27), 512, None);
+                [y, a, z].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+            })
+        };
+        assert!(run(1) == run(4), "results differ between 1 and 4 threads");
+    }
+
     #[test]
     fn linear_matches_the_definition() {
         let (rows, inp, out) = (33, 17, 9);
