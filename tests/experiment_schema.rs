@@ -118,3 +118,40 @@ fn errors_carry_line_and_column() {
     let e = format!("{:#}", plan(&fixtures().join("unknown_model.yaml"), &[]).err().unwrap());
     assert!(e.contains("`analytic`") && e.contains("`sd15`"), "{e}");
 }
+
+/// `model.precision` (SD1.5 only): f32 leaves the cell keys as they were; f16/bf16 need
+/// `device: cuda` and enter the keys; anything else is an error naming the value.
+#[test]
+fn sd15_precision_key() {
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd15_tiny/model");
+    let dir = std::env::temp_dir().join(format!("ddrep-precision-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = dir.join("p.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "name: p\nmodel: {{name: sd15, weights: {}}}\n\
+             diffrep: {{diffrep: siren, resolution: [16, 16], out_channels: 4}}\n\
+             methods:\n  - {{method: reference}}\ncfg: [3]\nseeds: [0]\ncaptions: {{inline: [a red bicycle]}}\noutputs: {{dir: {}}}\n",
+            weights.display(),
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    let ov = |o: &[&str]| plan(&yaml, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let plain = ov(&[]).unwrap();
+    let f32 = ov(&["model.precision=f32"]).unwrap();
+    assert_eq!(plain.cells[0].id, f32.cells[0].id, "f32 must not change the cell keys");
+    assert!(plain.cells[0].key["model"]["sd15"].get("precision").is_none());
+
+    let e = format!("{:#}", ov(&["model.precision=f16"]).err().unwrap());
+    assert!(e.contains("runs on the GPU only") && e.contains("device: cuda"), "{e}");
+    let e = format!("{:#}", ov(&["model.precision=f8"]).err().unwrap());
+    assert!(e.contains("f8"), "{e}");
+    assert!(!dir.join("out").exists(), "planning writes nothing");
+    // With device: cuda the plan is made (running it needs a cuda build) and the key differs.
+    let half = ov(&["model.precision=bf16", "device=cuda"]).unwrap();
+    assert_eq!(half.cells[0].key["model"]["sd15"]["precision"], "bf16");
+    assert_ne!(half.cells[0].id, plain.cells[0].id);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,6 +22,23 @@ pub trait Denoiser<B: Backend> {
     fn eps(&self, x_vp: Tensor<B, 4>, timesteps: &[usize], prompts: &[Option<&str>]) -> Result<Tensor<B, 4>>;
 }
 
+/// A shared model is a denoiser too (the experiment runner keeps the SD1.5 model beside its
+/// VAE decoder).
+impl<B: Backend, D: Denoiser<B> + ?Sized> Denoiser<B> for std::sync::Arc<D> {
+    fn describe(&self) -> String {
+        self.as_ref().describe()
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        self.as_ref().sample_shape()
+    }
+    fn schedule(&self) -> &Schedule {
+        self.as_ref().schedule()
+    }
+    fn eps(&self, x_vp: Tensor<B, 4>, timesteps: &[usize], prompts: &[Option<&str>]) -> Result<Tensor<B, 4>> {
+        self.as_ref().eps(x_vp, timesteps, prompts)
+    }
+}
+
 /// A denoiser bound to a batch of prompts and a guidance setting, counting its evaluations.
 /// It works in the VE view: `x0(x~, t) = x~ - sigma_t * eps_hat(s_t x~, t)`.
 pub struct GuidedDenoiser<'a, B: Backend, D: Denoiser<B> + ?Sized> {

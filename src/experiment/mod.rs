@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use serde_json::json;
 
@@ -23,6 +23,7 @@ use crate::diffrep::NamedTensor;
 use crate::diffusion::{Denoiser, Guidance};
 use crate::io::{png_bytes, CRATE_VERSION, GIT_COMMIT};
 use crate::methods::{run_method, MethodSpec};
+use crate::models::sd15::precision::{CastSd15, Precision};
 use crate::models::{AnalyticConfig, AnalyticPrior};
 use captions::Caption;
 use schema::{DeviceKind, ExperimentFile, ModelSpec};
@@ -101,14 +102,16 @@ pub fn slurm(a: &SlurmArgs) -> Result<()> {
 #[derive(Clone, Debug)]
 pub enum ResolvedModel {
     Analytic(AnalyticConfig),
-    Sd15 { dir: PathBuf, hashes: BTreeMap<String, String> },
+    Sd15 { dir: PathBuf, hashes: BTreeMap<String, String>, precision: Precision },
 }
 
 impl ResolvedModel {
     fn key(&self) -> serde_json::Value {
         match self {
             ResolvedModel::Analytic(c) => json!({ "analytic": c }),
-            ResolvedModel::Sd15 { hashes, .. } => json!({ "sd15": { "sha256": hashes } }),
+            // f32 adds nothing, so cells computed before precision existed keep their keys.
+            ResolvedModel::Sd15 { hashes, precision: Precision::F32, .. } => json!({ "sd15": { "sha256": hashes } }),
+            ResolvedModel::Sd15 { hashes, precision, .. } => json!({ "sd15": { "sha256": hashes, "precision": precision } }),
         }
     }
 }
@@ -177,10 +180,13 @@ fn resolve_model(file: &ExperimentFile, caps: &[Caption]) -> Result<ResolvedMode
                     _ => bail!("model sd15 needs its weights: set model.weights or {SD15_ENV} to {how}"),
                 },
             };
+            if s.precision != Precision::F32 && file.device != DeviceKind::Cuda {
+                bail!("model.precision {} runs on the GPU only: set device: cuda (a build with --features cuda) or precision: f32", s.precision);
+            }
             if !dir.is_dir() {
                 bail!("SD1.5 weights folder {} does not exist: it must be {how}", dir.display());
             }
-            ResolvedModel::Sd15 { hashes: sd15_hashes(&dir)?, dir }
+            ResolvedModel::Sd15 { hashes: sd15_hashes(&dir)?, dir, precision: s.precision }
         }
     })
 }
@@ -359,6 +365,59 @@ fn write_resolved(p: &Plan) -> Result<()> {
     crate::io::write_json(&p.root.join("experiment.json"), &json!({"experiment": p.file, "cells": cells}))
 }
 
+/// Latents -> images through the SD1.5 VAE (on whatever backend and precision the model
+/// runs), optionally in tiles of at most that many latent columns.
+type Decoder = Box<dyn Fn(&[Vec<f32>], [usize; 3], Option<usize>) -> Result<(Vec<Vec<f32>>, [usize; 3])>>;
+
+/// SD1.5 in f32 on the sampler's backend, with its VAE as the cells' decoder. `latent` sets
+/// the latent size (multiview views).
+fn sd15_f32<B: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &B::Device) -> Result<(Box<dyn Denoiser<B>>, Option<Decoder>)> {
+    let m = std::sync::Arc::new(load_sd15_sized::<B>(dir, latent, device)?);
+    let (mm, dev) = (m.clone(), device.clone());
+    let decoder: Decoder = Box::new(move |imgs, shape, tile| decode_with(&mm.vae, imgs, shape, tile, &dev));
+    Ok((Box::new(m), Some(decoder)))
+}
+
+/// SD1.5 on its own backend `L` (fp16/bf16) behind the samplers' backend `B`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn sd15_cast<L: Backend, B: Backend>(
+    dir: &Path,
+    latent: Option<[usize; 2]>,
+    precision: Precision,
+    device: &L::Device,
+) -> Result<(Box<dyn Denoiser<B>>, Option<Decoder>)> {
+    let m = std::sync::Arc::new(CastSd15::<L, B>::new(load_sd15_sized::<L>(dir, latent, device)?, precision, device));
+    let (mm, dev) = (m.clone(), device.clone());
+    let decoder: Decoder = Box::new(move |imgs, shape, tile| decode_with(&mm.model.vae, imgs, shape, tile, &dev));
+    Ok((Box::new(m), Some(decoder)))
+}
+
+fn load_sd15_sized<L: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &L::Device) -> Result<crate::models::sd15::Sd15<L>> {
+    let mut m = crate::models::sd15::Sd15::<L>::load(dir, device)?;
+    if let Some([h, w]) = latent {
+        // SD1.5 samples latents of any size the UNet divides: the views' size.
+        let k = 1usize << m.unet.config.block_out_channels.len().saturating_sub(1);
+        if h % k != 0 || w % k != 0 {
+            bail!("diffrep views of {h}x{w} latents: both sides must be multiples of {k} for this UNet");
+        }
+        m.set_latent_size(h, w);
+    }
+    Ok(m)
+}
+
+fn decode_with<L: Backend>(
+    vae: &crate::models::sd15::AutoencoderKL<L>,
+    imgs: &[Vec<f32>],
+    shape: [usize; 3],
+    tile: Option<usize>,
+    device: &L::Device,
+) -> Result<(Vec<Vec<f32>>, [usize; 3])> {
+    match tile {
+        Some(t) => crate::pipeline::decode_latents_tiled(vae, imgs, shape, t, device),
+        None => crate::pipeline::decode_latents(vae, imgs, shape, device),
+    }
+}
+
 struct Outcome<'a> {
     computed: usize,
     nfe: usize,
@@ -367,31 +426,24 @@ struct Outcome<'a> {
 }
 
 fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, pending: &[&'a Cell], device: &B::Device) -> Result<Outcome<'a>> {
-    let (analytic, sd15);
-    let vae: Option<&crate::models::sd15::AutoencoderKL<B::InnerBackend>>;
     let needed = p.file.diffrep.denoised_shape();
-    let model: &dyn Denoiser<B::InnerBackend> = match &p.model {
-        ResolvedModel::Analytic(c) => {
-            analytic = AnalyticPrior::new(c.clone())?;
-            vae = None;
-            &analytic
-        }
-        ResolvedModel::Sd15 { dir, .. } => {
-            let mut m = crate::models::sd15::Sd15::<B::InnerBackend>::load(dir, device)?;
-            if p.file.diffrep.is_multiview() {
-                // SD1.5 samples latents of any size the UNet divides: the views' size.
-                let k = 1usize << m.unet.config.block_out_channels.len().saturating_sub(1);
-                let [_, h, w] = needed;
-                if h % k != 0 || w % k != 0 {
-                    bail!("diffrep views of {h}x{w} latents: both sides must be multiples of {k} for this UNet");
-                }
-                m.set_latent_size(h, w);
+    let (model, decoder): (Box<dyn Denoiser<B::InnerBackend>>, Option<Decoder>) = match &p.model {
+        ResolvedModel::Analytic(c) => (Box::new(AnalyticPrior::new(c.clone())?), None),
+        ResolvedModel::Sd15 { dir, precision, .. } => {
+            let latent = p.file.diffrep.is_multiview().then_some([needed[1], needed[2]]);
+            match precision {
+                Precision::F32 => sd15_f32::<B::InnerBackend>(dir, latent, device)?,
+                #[cfg(feature = "cuda")]
+                Precision::F16 => sd15_cast::<crate::backend::CudaF16, B::InnerBackend>(dir, latent, *precision, &Default::default())?,
+                #[cfg(feature = "cuda")]
+                Precision::Bf16 => sd15_cast::<crate::backend::CudaBf16, B::InnerBackend>(dir, latent, *precision, &Default::default())?,
+                #[cfg(not(feature = "cuda"))]
+                other => bail!("model.precision {other} needs the CUDA backend: this build has none (rebuild with --features cuda)"),
             }
-            sd15 = m;
-            vae = Some(&sd15.vae);
-            &sd15
         }
     };
+    let model = model.as_ref();
+    let decoder = decoder.as_ref();
     let shape = model.sample_shape();
     if needed != shape && p.cells.iter().any(|c| !matches!(c.method, MethodSpec::Reference(_))) {
         let what = if p.file.diffrep.is_multiview() { "views" } else { "renders" };
@@ -426,7 +478,7 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
             grid.inc(1);
             continue;
         }
-        match run_cell::<B>(p, store, c, model, vae, device) {
+        match run_cell::<B>(p, store, c, model, decoder, device) {
             Ok(n) => {
                 out.computed += 1;
                 out.nfe += n;
@@ -455,7 +507,7 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     store: &Store,
     c: &Cell,
     model: &dyn Denoiser<B::InnerBackend>,
-    vae: Option<&crate::models::sd15::AutoencoderKL<B::InnerBackend>>,
+    decoder: Option<&Decoder>,
     device: &B::Device,
 ) -> Result<usize> {
     let start = Instant::now();
@@ -467,8 +519,8 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     let mut files = vec!["image.png".to_string(), "output.safetensors".to_string()];
     // On SD1.5 the sample is a latent: image.png is its VAE decode (what Table 1 scores);
     // output.safetensors keeps the latent. Multiview cells decode their own figures below.
-    let decoded = match (vae, &res.multiview) {
-        (Some(v), None) => Some(crate::pipeline::decode_latents(v, std::slice::from_ref(img), res.shape, device)?),
+    let decoded = match (decoder, &res.multiview) {
+        (Some(decode), None) => Some(decode(std::slice::from_ref(img), res.shape, None)?),
         _ => None,
     };
     match &decoded {
@@ -481,7 +533,7 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
         files.push("params.safetensors".into());
     }
     let multiview = match &res.multiview {
-        Some(mv) => Some(write_multiview::<B::InnerBackend>(&tmp, img, res.shape, mv, vae, device, &mut files)?),
+        Some(mv) => Some(write_multiview(&tmp, img, res.shape, mv, decoder, &mut files)?),
         None => None,
     };
     let weights = match &p.model {
@@ -534,18 +586,17 @@ const STRIP_MIN_SIDE: usize = 64;
 /// a NeRF's front view; replaces the raw one), `views.png` (the final renders of the chain's
 /// views, one row), and for NeRFs `turntable.png` and `turntable.gif`. SD1.5 latents are
 /// decoded through the VAE first. Returns the cell record's `multiview` entry.
-fn write_multiview<B: burn::tensor::backend::Backend>(
+fn write_multiview(
     dir: &Path,
     image: &[f32],
     image_shape: [usize; 3],
     mv: &crate::methods::MultiviewResult,
-    vae: Option<&crate::models::sd15::AutoencoderKL<B>>,
-    device: &B::Device,
+    decoder: Option<&Decoder>,
     files: &mut Vec<String>,
 ) -> Result<serde_json::Value> {
     let decode = |imgs: &[Vec<f32>], shape: [usize; 3]| -> Result<(Vec<Vec<f32>>, [usize; 3])> {
-        match vae {
-            Some(v) => crate::pipeline::decode_latents_tiled(v, imgs, shape, DECODE_TILE, device),
+        match decoder {
+            Some(d) => d(imgs, shape, Some(DECODE_TILE)),
             None => Ok((imgs.to_vec(), shape)),
         }
     };
@@ -567,7 +618,7 @@ fn write_multiview<B: burn::tensor::backend::Backend>(
     Ok(json!({
         "views_per_sample": mv.views_per_sample,
         "view_shape": mv.view_shape,
-        "decoded_by_vae": vae.is_some(),
+        "decoded_by_vae": decoder.is_some(),
         "image_shape": ish,
         "view_image_shape": vsh,
         "cameras": mv.cameras,

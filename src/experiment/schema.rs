@@ -81,6 +81,14 @@ pub struct Sd15Spec {
     /// A diffusers SD1.5 folder; absent: the `DDREP_SD15` environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<PathBuf>,
+    /// Weights and activations of the model: f32, or f16 / bf16 with `device: cuda` (the
+    /// sampler stays in f32). Part of the cell keys when not f32.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: crate::models::sd15::precision::Precision,
+}
+
+fn is_f32(p: &crate::models::sd15::precision::Precision) -> bool {
+    *p == crate::models::sd15::precision::Precision::F32
 }
 
 /// A method row: a method with its settings, an optional label (default: the method's name)

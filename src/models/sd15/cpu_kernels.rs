@@ -139,6 +139,19 @@ unsafe fn matmul(
     );
 }
 
+/// `rows` copies of `row`, one after the other (the bias rows a GEMM then accumulates onto).
+fn rows_of(row: &[f32], rows: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * row.len()];
+    if !row.is_empty() {
+        y.par_chunks_mut(row.len() * (CHUNK / row.len()).max(1)).for_each(|block| {
+            for r in block.chunks_exact_mut(row.len()) {
+                r.copy_from_slice(row);
+            }
+        });
+    }
+    y
+}
+
 /// `y[rows, out] = x[rows, inp] . w[inp, out] + bias`.
 pub fn linear(
     x: &[f32],
@@ -151,7 +164,7 @@ pub fn linear(
     assert_eq!(x.len(), rows * inp);
     assert_eq!(w.len(), inp * out);
     let mut y = match bias {
-        Some(b) => b.iter().copied().cycle().take(rows * out).collect(),
+        Some(b) => rows_of(b, rows),
         None => vec![0.0; rows * out],
     };
     if rows > 0 && out > 0 {
@@ -338,7 +351,7 @@ pub fn pointwise_to_seq(
 ) -> Vec<f32> {
     assert_eq!(x.len(), n * c * hw);
     assert_eq!((w.len(), b.len()), (o * c, o));
-    let mut y: Vec<f32> = b.iter().copied().cycle().take(n * hw * o).collect();
+    let mut y = rows_of(b, n * hw);
     for i in 0..n {
         let xt = View {
             ptr: x[i * c * hw..].as_ptr(),
