@@ -15,3 +15,23 @@ pub type CudaF16 = burn::backend::Cuda<half::f16, i32>;
 /// SD1.5 in bfloat16 on the GPU (`--precision bf16`).
 #[cfg(feature = "cuda")]
 pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
+
+/// Checks a `--device` name against this build and, for `cuda`, that the NVIDIA driver
+/// library can be loaded: cudarc panics at the first tensor when it cannot, so a machine
+/// without a driver gets this one-line error instead.
+pub fn check_device(device: &str) -> anyhow::Result<()> {
+    match device {
+        "cpu" => Ok(()),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            for name in ["libcuda.so.1", "libcuda.so"] {
+                // SAFETY: loading the driver library runs its initialisers, as cudarc would.
+                if unsafe { libloading::Library::new(name) }.is_ok() {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("--device cuda: the NVIDIA driver library (libcuda.so.1) is not found on this machine; install the driver or set LD_LIBRARY_PATH to its folder, or use --device cpu")
+        }
+        other => anyhow::bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+    }
+}

@@ -313,6 +313,7 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     if a.evals == 0 || a.full_evals == 0 {
         bail!("--evals and --full-evals must be positive");
     }
+    crate::backend::check_device(&a.device)?;
     let precision: Precision = a.precision.parse()?;
     precision.check_device(&a.device)?;
     let threads = rayon::current_num_threads();

@@ -240,12 +240,7 @@ fn method_spec(a: &SampleArgs) -> Result<MethodSpec> {
     Ok(spec)
 }
 
-fn check_device(device: &str) -> Result<()> {
-    if !(device == "cpu" || (cfg!(feature = "cuda") && device == "cuda")) {
-        bail!("unknown or unavailable device '{}' (this build has: cpu{})", device, if cfg!(feature = "cuda") { ", cuda" } else { "" });
-    }
-    Ok(())
-}
+use crate::backend::check_device;
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
     // Validate everything before any work or any file is written.

@@ -51,6 +51,7 @@ pub struct Check {
 }
 
 pub fn parity(a: &ParityArgs) -> Result<()> {
+    crate::backend::check_device(&a.device)?;
     let precision: Precision = a.precision.parse()?;
     precision.check_device(&a.device)?;
     let tol = a.tol.unwrap_or(default_tol(precision));

@@ -331,7 +331,10 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let outcome = match p.file.device {
         DeviceKind::Cpu => execute::<crate::backend::CpuAutodiff>(&p, &store, &pending, &Default::default())?,
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => execute::<crate::backend::CudaAutodiff>(&p, &store, &pending, &Default::default())?,
+        DeviceKind::Cuda => {
+            crate::backend::check_device("cuda")?;
+            execute::<crate::backend::CudaAutodiff>(&p, &store, &pending, &Default::default())?
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => bail!("device cuda: this build has no CUDA backend; rebuild with --features cuda or set device=cpu"),
     };

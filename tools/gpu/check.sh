@@ -9,10 +9,11 @@
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-B=.gpu/ddrep
+B=/tmp/ddrep-cuda
+python3 -c 'import lzma, shutil; shutil.copyfileobj(lzma.open(".gpu/ddrep.xz"), open("/tmp/ddrep-cuda", "wb"))' && chmod +x "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/prepare.sh here first)"; exit 2; }
 export PYTHONUNBUFFERED=1
 {
-    echo "commit: $(cat .gpu/commit 2>/dev/null || echo unknown)"
+    echo "commit: $(tr '\n' ' ' < .gpu/commit 2>/dev/null || echo unknown)"
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 } 2>&1 | tee "$OUT/gpu.txt"
