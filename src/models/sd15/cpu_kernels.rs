@@ -302,6 +302,19 @@ pub fn conv2d(x: &[f32], s: ConvShape, weight: &[f32], bias: &[f32]) -> Vec<f32>
                             continue;
                         }
                         let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        if stride == 1 {
+                            // Output column ox reads input column ox + kx - padding: one copy
+                            // of the part inside the image, zeros beside it.
+                            let shift = kx as isize - padding as isize;
+                            let lo = (-shift).clamp(0, ow as isize) as usize;
+                            let hi = (w as isize - shift).clamp(lo as isize, ow as isize) as usize;
+                            row[..lo].fill(0.0);
+                            row[lo..hi].copy_from_slice(
+                                &src[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
+                            );
+                            row[hi..].fill(0.0);
+                            continue;
+                        }
                         for (ox, v) in row.iter_mut().enumerate() {
                             let ix = (ox * stride + kx) as isize - padding as isize;
                             *v = if ix >= 0 && ix < w as isize {
