@@ -152,6 +152,18 @@ fn rows_of(row: &[f32], rows: usize) -> Vec<f32> {
     y
 }
 
+/// An image batch `[n, bias.len(), plane]` whose channel `c` is filled with `bias[c]`, that a
+/// convolution's GEMM then accumulates onto.
+fn bias_planes(bias: &[f32], plane: usize, n: usize) -> Vec<f32> {
+    let mut y = Vec::with_capacity(n * bias.len() * plane);
+    for _ in 0..n {
+        for &b in bias {
+            y.extend(std::iter::repeat_n(b, plane));
+        }
+    }
+    y
+}
+
 /// `y[rows, out] = x[rows, inp] . w[inp, out] + bias`.
 pub fn linear(
     x: &[f32],
@@ -239,12 +251,7 @@ pub fn conv2d(x: &[f32], s: ConvShape, weight: &[f32], bias: &[f32]) -> Vec<f32>
     assert_eq!(bias.len(), o);
     let (oh, ow) = s.out_hw();
     let ckk = c * k * k;
-    let mut y: Vec<f32> = Vec::with_capacity(n * o * oh * ow);
-    for _ in 0..n {
-        for &b in bias {
-            y.extend(std::iter::repeat_n(b, oh * ow));
-        }
-    }
+    let mut y = bias_planes(bias, oh * ow, n);
     let wv = View {
         ptr: weight.as_ptr(),
         rs: ckk as isize,
@@ -408,12 +415,7 @@ pub fn seq_to_pointwise(
 ) -> Vec<f32> {
     assert_eq!(s.len(), n * hw * c);
     assert_eq!((w.len(), b.len()), (o * c, o));
-    let mut y = Vec::with_capacity(n * o * hw);
-    for _ in 0..n {
-        for &bo in b {
-            y.extend(std::iter::repeat_n(bo, hw));
-        }
-    }
+    let mut y = bias_planes(b, hw, n);
     for i in 0..n {
         let wv = View {
             ptr: w.as_ptr(),
