@@ -242,3 +242,29 @@ fn weight_hashes_are_sha256_of_the_files() {
     assert_eq!(hashes.len(), 3);
     assert!(hashes.contains(&("vae".to_string(), direct)));
 }
+
+/// A config whose channels the norms or the attention heads cannot split: a one-line error
+/// naming the file and key at load time, not a failure inside the forward pass.
+#[test]
+fn config_with_indivisible_channels() {
+    let edit = |dir: &Path, part: &str, key: &str, value: serde_json::Value| {
+        let p = dir.join(part).join("config.json");
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+    };
+    let dir = copy_model("groups");
+    edit(&dir, "unet", "norm_num_groups", serde_json::json!(7));
+    let msg = load_err(&dir);
+    assert!(msg.contains("unet/config.json") && msg.contains("not a multiple of norm_num_groups = 7"), "{msg}");
+
+    let dir = copy_model("heads");
+    edit(&dir, "unet", "attention_head_dim", serde_json::json!(7));
+    let msg = load_err(&dir);
+    assert!(msg.contains("unet/config.json") && msg.contains("7 attention heads"), "{msg}");
+
+    let dir = copy_model("vaegroups");
+    edit(&dir, "vae", "norm_num_groups", serde_json::json!(0));
+    let msg = load_err(&dir);
+    assert!(msg.contains("vae/config.json") && msg.contains("norm_num_groups = 0"), "{msg}");
+}

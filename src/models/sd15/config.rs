@@ -212,6 +212,19 @@ impl UnetConfig {
         if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
             return Err(unsupported("conv_in_kernel/conv_out_kernel", "an even size".into()));
         }
+        // Shapes the layers need (else a norm or head split would fail inside the forward).
+        if n == 0 {
+            bail!("unet/config.json: block_out_channels is empty");
+        }
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+                bail!("unet/config.json: block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}", self.norm_num_groups);
+            }
+            let heads = self.heads(i)?;
+            if heads == 0 || c % heads != 0 {
+                bail!("unet/config.json: block_out_channels[{i}] = {c} cannot be split into {heads} attention heads (attention_head_dim / num_attention_heads)");
+            }
+        }
         Ok(())
     }
 
@@ -275,6 +288,14 @@ impl VaeConfig {
         }
         if self.act_fn != "silu" {
             bail!("vae/config.json: act_fn = {} is not supported (silu only)", self.act_fn);
+        }
+        if n == 0 {
+            bail!("vae/config.json: block_out_channels is empty");
+        }
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+                bail!("vae/config.json: block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}", self.norm_num_groups);
+            }
         }
         Ok(())
     }
