@@ -2,6 +2,7 @@
 # The GPU half of issue #4, run ON the GPU machine from the repository root, with .gpu/ and
 # .whl/ carried there (made by tools/gpu/prepare.sh):
 #   - `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
+#   - `ddrep sample --method ddrep` end to end on the tiny model in f16 (SIREN fit in f32);
 #   - `ddrep bench unet` on CUDA in each precision, diffusers beside it on the same card in
 #     the same dtype (the ratio is printed by ddrep).
 # Everything is written to $OUT (or ./gpu-out). Each step has its own timeout so that one
@@ -23,16 +24,25 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
 
-# 3 x 60 s + 3 x 120 s = 9 min at most, inside the 10-minute command limit. At most 8 files
-# come back from $OUT: gpu.txt, parity_*.txt, bench_*.txt are 7.
+# 3 x 60 s + 60 s + 3 x 110 s = 9.5 min at most, inside the 10-minute command limit. At most
+# 8 files come back from $OUT: gpu.txt, parity_*.txt, sample.txt, bench_*.txt are 8.
 PARITY_S=${PARITY_S:-60}
-BENCH_S=${BENCH_S:-120}
+SAMPLE_S=${SAMPLE_S:-60}
+BENCH_S=${BENCH_S:-110}
 for p in f32 f16 bf16; do
     echo "== parity cuda $p"
     timeout "$PARITY_S" "$B" parity --device cuda --precision "$p" > "$OUT/parity_$p.txt" 2>&1
     echo "exit $?" >> "$OUT/parity_$p.txt"
     cat "$OUT/parity_$p.txt"
 done
+echo "== sample: DDRep with a SIREN on the tiny SD1.5, model in f16 on CUDA (end to end)"
+rm -rf /tmp/ddrep-gpu-sample
+timeout "$SAMPLE_S" "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
+    --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
+    --out /tmp/ddrep-gpu-sample > "$OUT/sample.txt" 2>&1
+echo "exit $?" >> "$OUT/sample.txt"
+python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/sample.txt" 2>&1
+cat "$OUT/sample.txt"
 for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do
     echo "== bench unet cuda $p"
     timeout "$BENCH_S" "$B" bench unet --device cuda --precision "$p" --warmup 3 --evals 20 --full-evals 10 --python python3 > "$OUT/bench_$p.txt" 2>&1
