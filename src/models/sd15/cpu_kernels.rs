@@ -11,7 +11,7 @@
 use std::any::Any;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_ndarray::NdArrayTensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -80,19 +80,7 @@ pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         v.drain(..offset.unwrap_or(0));
         return v;
     }
-    Tensor::<B, D>::from_primitive(burn::tensor::TensorPrimitive::Float(prim))
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 tensor data")
-}
-
-pub fn from_vec<B: Backend, const D: usize>(
-    v: Vec<f32>,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(v, shape), device)
+    crate::tensor_util::tensor_to_vec(Tensor::<B, D>::from_primitive(burn::tensor::TensorPrimitive::Float(prim)))
 }
 
 fn threads() -> Parallelism {

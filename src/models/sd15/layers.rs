@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Tensor};
 use burn::tensor::TensorData;
 
 use super::cpu_kernels;
+use crate::tensor_util::tensor_from_vec;
 use super::weights::Loader;
 
 /// A layer's weight and bias: backend tensors, or (on the f32 CPU backend) plain buffers that
@@ -73,7 +74,7 @@ impl<B: Backend> Linear<B> {
                     b.as_deref(),
                 );
                 shape[D - 1] = self.out;
-                cpu_kernels::from_vec(y, shape, &device)
+                tensor_from_vec(y, shape, &device)
             }
         }
     }
@@ -132,7 +133,7 @@ impl<B: Backend> Conv2d<B> {
                     o,
                     b.as_deref().expect("conv bias"),
                 );
-                cpu_kernels::from_vec(y, [n, h * w, o], &device)
+                tensor_from_vec(y, [n, h * w, o], &device)
             }
             Params::Backend { .. } => self.forward(x).reshape([n, o, h * w]).swap_dims(1, 2),
         }
@@ -155,7 +156,7 @@ impl<B: Backend> Conv2d<B> {
                     o,
                     b.as_deref().expect("conv bias"),
                 );
-                cpu_kernels::from_vec(y, [n, o, hw[0], hw[1]], &device)
+                tensor_from_vec(y, [n, o, hw[0], hw[1]], &device)
             }
             Params::Backend { .. } => self.forward(s.swap_dims(1, 2).reshape([n, c, hw[0], hw[1]])),
         }
@@ -190,7 +191,7 @@ impl<B: Backend> Conv2d<B> {
                     w,
                     b.as_deref().expect("conv bias"),
                 );
-                return cpu_kernels::from_vec(y, [n, o, oh, ow], &device);
+                return tensor_from_vec(y, [n, o, oh, ow], &device);
             }
         };
         let [n, c, h, wd] = x.dims();
@@ -278,7 +279,7 @@ impl<B: Backend> GroupNorm<B> {
                     self.eps,
                     act,
                 );
-                return cpu_kernels::from_vec(v, [n, c, h, w], &device);
+                return tensor_from_vec(v, [n, c, h, w], &device);
             }
         };
         let g = self.groups;
@@ -321,7 +322,7 @@ impl<B: Backend> LayerNorm<B> {
                     b.as_deref().expect("norm bias"),
                     self.eps,
                 );
-                return cpu_kernels::from_vec(v, dims, &device);
+                return tensor_from_vec(v, dims, &device);
             }
         };
         normalise_last(x, self.eps) * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
@@ -369,7 +370,7 @@ pub fn multi_head_attention<B: Backend>(
                 cpu_kernels::to_vec(v),
             );
             let out = cpu_kernels::attention(&q, &k, &v, n, lq, lk, c, heads);
-            return cpu_kernels::from_vec(out, [n, lq, c], &device);
+            return tensor_from_vec(out, [n, lq, c], &device);
         }
         // burn's fused attention (flash attention on CUDA) where no mask is needed.
         None => attention(split(q, lq), split(k, lk), split(v, lk), None),
@@ -392,7 +393,7 @@ pub fn geglu<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 3> {
     if cpu_kernels::host_backend::<B>(&h.device()) {
         let device = h.device();
         let y = cpu_kernels::geglu(&cpu_kernels::to_vec(h), n * l, inner);
-        return cpu_kernels::from_vec(y, [n, l, inner], &device);
+        return tensor_from_vec(y, [n, l, inner], &device);
     }
     h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner))
 }
