@@ -113,8 +113,12 @@ fn rel_err<B: Backend, const D: usize>(a: Tensor<B, D>, b: &(Vec<f32>, Vec<usize
     let a: Vec<f32> = a.into_data().convert::<f32>().into_vec().map_err(|e| anyhow!("{e:?}"))?;
     let (mut diff, mut scale) = (0f64, 0f64);
     for (x, y) in a.iter().zip(&b.0) {
-        // NaN anywhere makes the error NaN (and the check fail).
-        diff = if (*x as f64 - *y as f64).is_nan() { f64::NAN } else { diff.max((*x as f64 - *y as f64).abs()) };
+        let d = (*x as f64 - *y as f64).abs();
+        // NaN anywhere makes the error NaN (and the check fail); `f64::max` would drop it.
+        if d.is_nan() {
+            return Ok(f64::NAN);
+        }
+        diff = diff.max(d);
         scale = scale.max((*y as f64).abs());
     }
     Ok(diff / scale)
@@ -168,4 +172,19 @@ pub fn run_checks<B: Backend>(fixtures: &Path, device: &B::Device) -> Result<Vec
     let post = sd.vae.encode(vae.get::<B, 4>("encode_image", device)?);
     push("vae encode mean", rel_err(post.mean, &vae.host("encode_mean")?)?);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn a_nan_anywhere_fails_the_check() {
+        let reference = (vec![1.0f32, 2.0, 4.0], vec![3]);
+        let t = |v: Vec<f32>| Tensor::<Cpu, 1>::from_data(TensorData::new(v, [3]), &Default::default());
+        assert!(rel_err(t(vec![f32::NAN, 2.0, 4.0]), &reference).unwrap().is_nan());
+        assert!(rel_err(t(vec![1.0, 2.0, f32::NAN]), &reference).unwrap().is_nan());
+        assert_eq!(rel_err(t(vec![1.0, 2.0, 5.0]), &reference).unwrap(), 0.25);
+    }
 }
