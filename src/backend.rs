@@ -35,3 +35,45 @@ pub fn check_device(device: &str) -> anyhow::Result<()> {
         other => anyhow::bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
     }
 }
+
+/// Parses `--precision` and checks it together with `--device` against this build and
+/// machine (half precision is for CUDA only).
+pub fn check_device_precision(device: &str, precision: &str) -> anyhow::Result<crate::models::sd15::precision::Precision> {
+    check_device(device)?;
+    let p: crate::models::sd15::precision::Precision = precision.parse()?;
+    p.check_device(device)?;
+    Ok(p)
+}
+
+/// Evaluates `$body` with the type `$B` set to the backend that computes the SD1.5 model for a
+/// `(device, precision)` pair that [`check_device_precision`] accepted: f32 ndarray on the
+/// CPU, `Cuda<f32>`, `Cuda<f16>` or `Cuda<bf16>` on CUDA.
+macro_rules! with_model_backend {
+    ($device:expr, $precision:expr, |$B:ident| $body:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::models::sd15::precision::Precision;
+        match ($device, $precision) {
+            ("cpu", _) => {
+                type $B = $crate::backend::Cpu;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", Precision::F32) => {
+                type $B = $crate::backend::Cuda;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", Precision::F16) => {
+                type $B = $crate::backend::CudaF16;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", Precision::Bf16) => {
+                type $B = $crate::backend::CudaBf16;
+                $body
+            }
+            (other, _) => unreachable!("device '{other}' was checked by check_device_precision"),
+        }
+    }};
+}
+pub(crate) use with_model_backend;

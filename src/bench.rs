@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::backend::{Cpu, CpuAutodiff};
+use crate::backend::CpuAutodiff;
 use crate::models::sd15::precision::Precision;
 use crate::models::sd15::{Loader, UNet2DConditionModel, UnetConfig};
 use crate::diffrep::{Diffrep, SirenConfig, SirenDiffrep};
@@ -242,18 +242,8 @@ fn median(v: &[f64]) -> f64 {
 
 /// Random-weight UNet from `cfg` on the device and precision of `a`, `a.warmup` untimed evals,
 /// then `evals` timed evals at batch 2.
-fn time_unet(a: &BenchArgs, cfg: &UnetConfig, evals: usize) -> Result<UnetTiming> {
-    let precision: Precision = a.precision.parse()?;
-    match (a.device.as_str(), precision) {
-        ("cpu", _) => time_unet_on::<Cpu>(cfg, a.warmup, evals),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F32) => time_unet_on::<crate::backend::Cuda>(cfg, a.warmup, evals),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F16) => time_unet_on::<crate::backend::CudaF16>(cfg, a.warmup, evals),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::Bf16) => time_unet_on::<crate::backend::CudaBf16>(cfg, a.warmup, evals),
-        (other, _) => bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
-    }
+fn time_unet(a: &BenchArgs, precision: Precision, cfg: &UnetConfig, evals: usize) -> Result<UnetTiming> {
+    crate::backend::with_model_backend!(a.device.as_str(), precision, |M| time_unet_on::<M>(cfg, a.warmup, evals))
 }
 
 fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usize, evals: usize) -> Result<UnetTiming> {
@@ -287,10 +277,10 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
 }
 
 /// Runs `tools/bench/unet_bench.py` on the same config; `Err(reason)` when skipped.
-fn diffusers_unet(a: &BenchArgs, config_path: &str, evals: usize, threads: usize) -> std::result::Result<serde_json::Value, String> {
+fn diffusers_unet(a: &BenchArgs, precision: Precision, config_path: &str, evals: usize, threads: usize) -> std::result::Result<serde_json::Value, String> {
     let script = repo_file("tools/bench/unet_bench.py");
     let script = script.to_str().unwrap_or_default();
-    let dtype = match a.precision.parse::<Precision>().map_err(|e| e.to_string())? {
+    let dtype = match precision {
         Precision::F32 => "float32",
         Precision::F16 => "float16",
         Precision::Bf16 => "bfloat16",
@@ -313,9 +303,7 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     if a.evals == 0 || a.full_evals == 0 {
         bail!("--evals and --full-evals must be positive");
     }
-    crate::backend::check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
-    precision.check_device(&a.device)?;
+    let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
     let threads = rayon::current_num_threads();
     let tiny_path = repo_file(TINY_UNET_CONFIG);
     let tiny: UnetConfig = crate::models::sd15::config::read_config(&tiny_path)?;
@@ -330,9 +318,9 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     let mut notes = Vec::new();
     for (name, cfg, path, evals) in &runs {
         eprintln!("timing the {name} UNet: ddrep ...");
-        let ours = time_unet(a, cfg, *evals)?;
+        let ours = time_unet(a, precision, cfg, *evals)?;
         eprintln!("timing the {name} UNet: diffusers ...");
-        let theirs = diffusers_unet(a, path, *evals, threads);
+        let theirs = diffusers_unet(a, precision, path, *evals, threads);
         rows.push((name.to_string(), ours, theirs));
     }
     let _ = std::fs::remove_file(&full_path);

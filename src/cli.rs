@@ -240,7 +240,6 @@ fn method_spec(a: &SampleArgs) -> Result<MethodSpec> {
     Ok(spec)
 }
 
-use crate::backend::check_device;
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
     // Validate everything before any work or any file is written.
@@ -255,8 +254,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         bail!("--num-samples must be at least 1");
     }
     let guidance = Guidance::new(a.cfg, a.cfg_convention.parse::<CfgConvention>()?);
-    check_device(&a.device)?;
-    a.model.precision.parse::<Precision>()?.check_device(&a.device)?;
+    crate::backend::check_device_precision(&a.device, &a.model.precision)?;
     match a.device.as_str() {
         "cpu" => sample_on::<crate::backend::CpuAutodiff>(a, &spec, guidance, &Default::default()),
         #[cfg(feature = "cuda")]
@@ -327,19 +325,8 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
 }
 
 pub fn decode(a: &DecodeArgs) -> Result<()> {
-    check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
-    precision.check_device(&a.device)?;
-    match (a.device.as_str(), precision) {
-        ("cpu", _) => decode_on::<crate::backend::Cpu>(a, &Default::default()),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F32) => decode_on::<crate::backend::Cuda>(a, &Default::default()),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F16) => decode_on::<crate::backend::CudaF16>(a, &Default::default()),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::Bf16) => decode_on::<crate::backend::CudaBf16>(a, &Default::default()),
-        (other, _) => unreachable!("device '{other}' was validated above"),
-    }
+    let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
+    crate::backend::with_model_backend!(a.device.as_str(), precision, |M| decode_on::<M>(a, &Default::default()))
 }
 
 fn decode_on<B: Backend>(a: &DecodeArgs, device: &B::Device) -> Result<()> {

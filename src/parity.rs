@@ -51,20 +51,9 @@ pub struct Check {
 }
 
 pub fn parity(a: &ParityArgs) -> Result<()> {
-    crate::backend::check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
-    precision.check_device(&a.device)?;
+    let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
     let tol = a.tol.unwrap_or(default_tol(precision));
-    let checks = match (a.device.as_str(), precision) {
-        ("cpu", _) => run_checks::<crate::backend::Cpu>(&a.fixtures, &Default::default())?,
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F32) => run_checks::<crate::backend::Cuda>(&a.fixtures, &Default::default())?,
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F16) => run_checks::<crate::backend::CudaF16>(&a.fixtures, &Default::default())?,
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::Bf16) => run_checks::<crate::backend::CudaBf16>(&a.fixtures, &Default::default())?,
-        (other, _) => bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
-    };
+    let checks = crate::backend::with_model_backend!(a.device.as_str(), precision, |M| run_checks::<M>(&a.fixtures, &Default::default())?);
     println!("| check ({} {precision}) | max|a-b|/max|b| | tolerance | ok |", a.device);
     println!("|---|---|---|---|");
     for c in &checks {
