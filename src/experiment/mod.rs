@@ -369,15 +369,15 @@ fn write_resolved(p: &Plan) -> Result<()> {
 }
 
 /// Latents -> images through the SD1.5 VAE (on whatever backend and precision the model
-/// runs), optionally in tiles of at most that many latent columns.
-type Decoder = Box<dyn Fn(&[Vec<f32>], [usize; 3], Option<usize>) -> Result<(Vec<Vec<f32>>, [usize; 3])>>;
+/// runs), in tiles of at most that many latent columns (`usize::MAX`: in one piece).
+type Decoder = Box<dyn Fn(&[Vec<f32>], [usize; 3], usize) -> Result<(Vec<Vec<f32>>, [usize; 3])>>;
 
 /// SD1.5 in f32 on the sampler's backend, with its VAE as the cells' decoder. `latent` sets
 /// the latent size (multiview views).
 fn sd15_f32<B: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &B::Device) -> Result<(Box<dyn Denoiser<B>>, Option<Decoder>)> {
     let m = std::sync::Arc::new(load_sd15_sized::<B>(dir, latent, device)?);
     let (mm, dev) = (m.clone(), device.clone());
-    let decoder: Decoder = Box::new(move |imgs, shape, tile| decode_with(&mm.vae, imgs, shape, tile, &dev));
+    let decoder: Decoder = Box::new(move |imgs, shape, tile| crate::pipeline::decode_latents_tiled(&mm.vae, imgs, shape, tile, &dev));
     Ok((Box::new(m), Some(decoder)))
 }
 
@@ -391,7 +391,7 @@ fn sd15_cast<L: Backend, B: Backend>(
 ) -> Result<(Box<dyn Denoiser<B>>, Option<Decoder>)> {
     let m = std::sync::Arc::new(CastSd15::<L, B>::new(load_sd15_sized::<L>(dir, latent, device)?, precision, device));
     let (mm, dev) = (m.clone(), device.clone());
-    let decoder: Decoder = Box::new(move |imgs, shape, tile| decode_with(&mm.model.vae, imgs, shape, tile, &dev));
+    let decoder: Decoder = Box::new(move |imgs, shape, tile| crate::pipeline::decode_latents_tiled(&mm.model.vae, imgs, shape, tile, &dev));
     Ok((Box::new(m), Some(decoder)))
 }
 
@@ -408,18 +408,6 @@ fn load_sd15_sized<L: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &
     Ok(m)
 }
 
-fn decode_with<L: Backend>(
-    vae: &crate::models::sd15::AutoencoderKL<L>,
-    imgs: &[Vec<f32>],
-    shape: [usize; 3],
-    tile: Option<usize>,
-    device: &L::Device,
-) -> Result<(Vec<Vec<f32>>, [usize; 3])> {
-    match tile {
-        Some(t) => crate::pipeline::decode_latents_tiled(vae, imgs, shape, t, device),
-        None => crate::pipeline::decode_latents(vae, imgs, shape, device),
-    }
-}
 
 struct Outcome<'a> {
     computed: usize,
@@ -523,7 +511,7 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     // On SD1.5 the sample is a latent: image.png is its VAE decode (what Table 1 scores);
     // output.safetensors keeps the latent. Multiview cells decode their own figures below.
     let decoded = match (decoder, &res.multiview) {
-        (Some(decode), None) => Some(decode(std::slice::from_ref(img), res.shape, None)?),
+        (Some(decode), None) => Some(decode(std::slice::from_ref(img), res.shape, usize::MAX)?),
         _ => None,
     };
     match &decoded {
@@ -599,7 +587,7 @@ fn write_multiview(
 ) -> Result<serde_json::Value> {
     let decode = |imgs: &[Vec<f32>], shape: [usize; 3]| -> Result<(Vec<Vec<f32>>, [usize; 3])> {
         match decoder {
-            Some(d) => d(imgs, shape, Some(DECODE_TILE)),
+            Some(d) => d(imgs, shape, DECODE_TILE),
             None => Ok((imgs.to_vec(), shape)),
         }
     };
