@@ -42,7 +42,7 @@ fn demo_nerf_runs_the_paper_schedule_end_to_end() {
     eprintln!("demo NeRF: {} NFEs, {} moves in {secs:.1} s = {:.3} s per NFE", out.output.nfe, out.output.diagnostics.len(), secs / out.output.nfe as f64);
     assert_eq!(out.output.nfe, 199);
     assert_eq!(out.output.diagnostics.len(), 199 + 99);
-    assert!(secs < 60.0, "the demo NeRF took {secs:.1} s");
+    // Its speed is measured by `ddrep bench views`, not asserted here.
     assert_eq!(out.views.dims(), [4, 3, 8, 8]);
     let residual = &out.output.diagnostics.last().unwrap().residual;
     eprintln!("final multiview residual {residual:?}");
