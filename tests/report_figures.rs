@@ -244,3 +244,67 @@ fn fig4_report_has_diversity_grids_and_table() {
     assert!(html.contains("src=\"grids/diversity_c000_cfg10.png\"") && html.contains("href=\"diversity.csv\""));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+/// Where the SD1.5 weights are gone, the report still takes exactly the cells of its own
+/// overrides (keys compared without weight hashes), and refuses cells of two weight sets.
+#[test]
+fn report_without_weights_keeps_to_its_overrides() {
+    let dir = tmp("noweights");
+    let weights = dir.join("weights");
+    copy_dir(&Path::new(REPO).join("tests/fixtures/sd15_tiny/model"), &weights);
+    let yaml = dir.join("grid.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "name: grid\nmodel: {{name: sd15, weights: {}}}\n\
+             diffrep: {{diffrep: siren, resolution: [16, 16], out_channels: 4, embedding_size: 8, width: 16, depth: 1}}\n\
+             methods:\n  - {{method: ddrep, steps: 2, solver: {{kind: adam, steps: 1, lr: 0.01}}}}\n\
+             cfg: [3]\nseeds: [0, 1]\ncaptions: {{inline: [a red bicycle]}}\noutputs: {{dir: {}}}\n",
+            weights.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let y = yaml.to_str().unwrap();
+    ok(&run("run", &[y]));
+    let base: Vec<String> = cells(&dir.join("grid")).into_iter().map(|(id, _)| id).collect();
+    ok(&run("run", &[y, "methods.0.solver.lr=0.02"]));
+    let all: Vec<String> = cells(&dir.join("grid")).into_iter().map(|(id, _)| id).collect();
+    let other: Vec<&String> = all.iter().filter(|id| !base.contains(id)).collect();
+    assert_eq!((base.len(), other.len()), (2, 2));
+    // A changed weight file (scheduler config) gives the same settings other cell ids.
+    let sched = weights.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&sched).unwrap();
+    std::fs::write(&sched, format!("{text}\n")).unwrap();
+    ok(&run("run", &[y]));
+    assert_eq!(cells(&dir.join("grid")).len(), 6);
+    std::fs::remove_dir_all(&weights).unwrap();
+
+    let o = run("report", &[y, "methods.0.solver.lr=0.02"]);
+    ok(&o);
+    let html = std::fs::read_to_string(dir.join("grid/report/index.html")).unwrap();
+    for id in &all {
+        assert_eq!(html.contains(&format!("../cells/{id}/")), other.contains(&id), "cell {id}");
+    }
+    assert!(html.contains("without its weight hashes"), "the gallery says how its cells were found");
+    // The base settings match cells of two weight sets: which belong to the grid is unknown.
+    let o = run("report", &[y]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("2 different sets of model weights"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -109,11 +109,22 @@ impl ResolvedModel {
     fn key(&self) -> serde_json::Value {
         match self {
             ResolvedModel::Analytic(c) => json!({ "analytic": c }),
-            // f32 adds nothing, so cells computed before precision existed keep their keys.
-            ResolvedModel::Sd15 { hashes, precision: Precision::F32, .. } => json!({ "sd15": { "sha256": hashes } }),
-            ResolvedModel::Sd15 { hashes, precision, .. } => json!({ "sd15": { "sha256": hashes, "precision": precision } }),
+            ResolvedModel::Sd15 { hashes, precision, .. } => sd15_key(Some(hashes), *precision),
         }
     }
+}
+
+/// SD1.5's part of a cell key; `hashes: None` leaves the weights out (`key_without_weights`).
+fn sd15_key(hashes: Option<&BTreeMap<String, String>>, precision: Precision) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if let Some(h) = hashes {
+        m.insert("sha256".into(), json!(h));
+    }
+    // f32 adds nothing, so cells computed before precision existed keep their keys.
+    if precision != Precision::F32 {
+        m.insert("precision".into(), json!(precision));
+    }
+    json!({ "sd15": m })
 }
 
 /// One cell of the grid.
@@ -196,7 +207,39 @@ pub fn plan(path: &Path, overrides: &[String]) -> Result<Plan> {
     let file = schema::load(path, overrides)?;
     let caps = captions::resolve(&file.captions).with_context(|| format!("{}: captions", path.display()))?;
     let model = resolve_model(&file, &caps).with_context(|| format!("{}: model", path.display()))?;
-    let model_key = model.key();
+    let cells = expand(path, &file, &caps, &model.key())?;
+    let root = file.outputs.dir.join(&file.name);
+    Ok(Plan { file, root, model, cells })
+}
+
+/// The grid's cells as `plan` makes them, except that SD1.5's weights are not read: the keys
+/// hold no weight hashes, and ids are empty. For reading results where the weights are absent:
+/// a stored cell belongs to the grid when `key_without_weights` of its key equals a cell's key.
+pub fn plan_without_weights(path: &Path, overrides: &[String]) -> Result<Vec<Cell>> {
+    let file = schema::load(path, overrides)?;
+    let caps = captions::resolve(&file.captions).with_context(|| format!("{}: captions", path.display()))?;
+    let model_key = match &file.model {
+        ModelSpec::Sd15(s) => sd15_key(None, s.precision),
+        ModelSpec::Analytic(_) => resolve_model(&file, &caps).with_context(|| format!("{}: model", path.display()))?.key(),
+    };
+    let mut cells = expand(path, &file, &caps, &model_key)?;
+    for c in &mut cells {
+        c.id.clear();
+    }
+    Ok(cells)
+}
+
+/// A cell key with SD1.5's weight hashes left out (`model.sd15.sha256`).
+pub fn key_without_weights(key: &serde_json::Value) -> serde_json::Value {
+    let mut k = key.clone();
+    if let Some(m) = k.get_mut("model").and_then(|m| m.get_mut("sd15")).and_then(|m| m.as_object_mut()) {
+        m.remove("sha256");
+    }
+    k
+}
+
+/// The method x cfg x caption x seed cells of `file` that `exclude` leaves, keyed with `model_key`.
+fn expand(path: &Path, file: &ExperimentFile, caps: &[Caption], model_key: &serde_json::Value) -> Result<Vec<Cell>> {
     let diffrep = serde_json::to_value(&file.diffrep)?;
     let device = match file.device {
         DeviceKind::Cpu => "cpu",
@@ -250,8 +293,7 @@ pub fn plan(path: &Path, overrides: &[String]) -> Result<Plan> {
     if cells.is_empty() {
         bail!("{}: the grid is empty: `exclude` removes all {total} cells", path.display());
     }
-    let root = file.outputs.dir.join(&file.name);
-    Ok(Plan { file, root, model, cells })
+    Ok(cells)
 }
 
 /// Denoiser evaluations one cell needs (a CFG pair counts as one).

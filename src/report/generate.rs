@@ -7,7 +7,7 @@
 //! diversity grids (rows methods, columns seeds: Fig. 4) when the grid has 3 seeds or more.
 //! Reading the results needs neither the model weights nor the caption file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -90,32 +90,62 @@ fn read_score_json(path: &Path) -> Result<ScoreInfo> {
 }
 
 /// The finished cells of the grid, for a grid without `metrics.csv`: by `plan` (exact cell
-/// ids) when it resolves (analytic prior, or SD1.5 weights present), else by scanning
-/// `cells/` for this grid's labels, CFG scales and seeds (a note says so).
+/// ids) when it resolves (analytic prior, or SD1.5 weights present). Else by comparing each
+/// stored cell's key with the grid's keys without weight hashes, so cells of other overrides
+/// are left out; cells of two different weight sets then are an error. Without even captions,
+/// by this grid's labels, CFG scales and seeds (a note says so).
 fn grid_cells(file: &Path, overrides: &[String], f: &schema::ExperimentFile, root: &Path, labels: &[String], notes: &mut Vec<String>) -> Result<Vec<CellInfo>> {
     let cells_dir = root.join("cells");
-    match crate::experiment::plan(file, overrides) {
-        Ok(p) => p.cells.iter().filter(|c| Store::is_complete(root, &c.id)).map(|c| data::read_cell(&cells_dir, &c.id)).collect(),
-        Err(e) => {
-            let mut out = Vec::new();
-            if cells_dir.is_dir() {
-                let mut ids: Vec<String> = std::fs::read_dir(&cells_dir)
-                    .with_context(|| format!("cannot list {}", cells_dir.display()))?
-                    .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(str::to_string)))
-                    .filter(|id| Store::is_complete(root, id))
-                    .collect();
-                ids.sort();
-                for id in ids {
+    let e = match crate::experiment::plan(file, overrides) {
+        Ok(p) => return p.cells.iter().filter(|c| Store::is_complete(root, &c.id)).map(|c| data::read_cell(&cells_dir, &c.id)).collect(),
+        Err(e) => e,
+    };
+    let mut ids: Vec<String> = Vec::new();
+    if cells_dir.is_dir() {
+        ids = std::fs::read_dir(&cells_dir)
+            .with_context(|| format!("cannot list {}", cells_dir.display()))?
+            .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(str::to_string)))
+            .filter(|id| Store::is_complete(root, id))
+            .collect();
+        ids.sort();
+    }
+    let mut out = Vec::new();
+    match crate::experiment::plan_without_weights(file, overrides) {
+        Ok(grid) => {
+            let wanted: HashSet<String> = grid.iter().map(|c| c.key.to_string()).collect();
+            let mut weight_sets: BTreeSet<Vec<(String, String)>> = BTreeSet::new();
+            for id in ids {
+                let path = cells_dir.join(&id).join("cell.json");
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
+                let Some(key) = v.get("key") else { continue };
+                if wanted.contains(&crate::experiment::key_without_weights(key).to_string()) {
                     let c = data::read_cell(&cells_dir, &id)?;
-                    if labels.contains(&c.label) && f.cfg.contains(&c.cfg) && f.seeds.0.contains(&c.seed) {
-                        out.push(c);
-                    }
+                    weight_sets.insert(c.weights.clone());
+                    out.push(c);
                 }
             }
-            notes.push(format!("cells found by scanning cells/ for this grid's labels, CFG scales and seeds (the grid's cell ids need its model: {e:#})."));
-            Ok(out)
+            if weight_sets.len() > 1 {
+                bail!(
+                    "{}: the finished cells of this grid were made with {} different sets of model weights; pass the weights folder (model.weights or {}) so the report can pick its cells",
+                    cells_dir.display(),
+                    weight_sets.len(),
+                    crate::experiment::SD15_ENV
+                );
+            }
+            notes.push(format!("cells found by comparing cells/ with this grid's settings, without its weight hashes (the grid's cell ids need its model: {e:#})."));
+        }
+        Err(_) => {
+            for id in ids {
+                let c = data::read_cell(&cells_dir, &id)?;
+                if labels.contains(&c.label) && f.cfg.contains(&c.cfg) && f.seeds.0.contains(&c.seed) {
+                    out.push(c);
+                }
+            }
+            notes.push(format!("cells found by scanning cells/ for this grid's labels, CFG scales and seeds; cells of other overrides may be among them (the grid's cell ids need its model and captions: {e:#})."));
         }
     }
+    Ok(out)
 }
 
 /// One strip / tile grid per `key`: rows labels, columns `cols` (heading, matcher).
