@@ -116,3 +116,62 @@ fn kid_bad_input_errors() {
     assert!(kid(&real, &fake, &KidConfig { subsets: 0, subset_size: 10, ..KidConfig::default() }).is_err());
     assert!(kid_with_subsets(&real, &fake, &KidConfig::default(), &[vec![0, 500]], &[vec![0, 1]]).is_err());
 }
+
+/// `k(x, y) = (x·y / dim + 1)^3`, torchmetrics' default kernel, in f64.
+fn poly_kernel(a: &FeatureMatrix, i: usize, b: &FeatureMatrix, j: usize) -> f64 {
+    let d: f64 = a.row(i).iter().zip(b.row(j)).map(|(&x, &y)| x as f64 * y as f64).sum();
+    (d / a.dim() as f64 + 1.0).powi(3)
+}
+
+/// The expectation of one subset's MMD² when each subset is a uniform draw without
+/// replacement: the unbiased estimator's terms average to the full sets' pair means
+/// (i != j within a set, all pairs across).
+fn expected_subset_mmd2(real: &FeatureMatrix, fake: &FeatureMatrix) -> f64 {
+    let within = |x: &FeatureMatrix| {
+        let n = x.rows();
+        let s: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| poly_kernel(x, i, x, j)).sum();
+        s / (n * (n - 1)) as f64
+    };
+    let cross: f64 = (0..real.rows()).flat_map(|i| (0..fake.rows()).map(move |j| (i, j))).map(|(i, j)| poly_kernel(real, i, fake, j)).sum::<f64>() / (real.rows() * fake.rows()) as f64;
+    within(real) + within(fake) - 2.0 * cross
+}
+
+/// The seeded subset draw is uniform without replacement: each row is picked m/n of the time
+/// (binomial error bars), and the mean KID over many subsets equals its exact expectation
+/// within 4 standard errors. Draws with replacement, as a check that the test can fail, miss it.
+#[test]
+fn kid_subset_draw_is_uniform_and_its_mean_is_unbiased() {
+    let (real, fake) = features();
+    let (s, m) = (3000usize, 20usize);
+    let cfg = KidConfig { subsets: s, subset_size: m, seed: 11, ..KidConfig::default() };
+    let (sr, sf) = draw_subsets(real.rows(), fake.rows(), &cfg).unwrap();
+    for (sets, n) in [(&sr, real.rows()), (&sf, fake.rows())] {
+        let mut count = vec![0usize; n];
+        for i in sets.iter().flatten() {
+            count[*i] += 1;
+        }
+        let p = m as f64 / n as f64;
+        let (mean, sd) = (s as f64 * p, (s as f64 * p * (1.0 - p)).sqrt());
+        for (i, &c) in count.iter().enumerate() {
+            assert!((c as f64 - mean).abs() <= 5.0 * sd, "row {i} of {n} drawn {c} times, expected {mean:.0} +- {sd:.1}");
+        }
+        let chi2: f64 = count.iter().map(|&c| (c as f64 - mean).powi(2) / (mean * (1.0 - p))).sum();
+        // chi² with n - 1 degrees of freedom: mean n - 1, sd sqrt(2 (n - 1)).
+        let dof = (n - 1) as f64;
+        assert!((chi2 - dof).abs() <= 4.0 * (2.0 * dof).sqrt(), "chi² {chi2:.1} for {dof} degrees of freedom");
+    }
+    let want = expected_subset_mmd2(&real, &fake);
+    let got = kid(&real, &fake, &cfg).unwrap();
+    let se = got.std / (s as f64).sqrt();
+    assert!(se > 0.0 && se < 0.1 * want.abs(), "standard error {se} against {want}");
+    assert!((got.mean - want).abs() <= 4.0 * se, "mean KID over {s} subsets {} vs expected {want} (s.e. {se})", got.mean);
+    // With replacement a subset can hold a row twice, and k(x, x) enters the within-set sums.
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut draw = |n: usize| (0..s).map(|_| (0..m).map(|_| rng.random_range(0..n)).collect::<Vec<_>>()).collect::<Vec<_>>();
+    let (wr, wf) = (draw(real.rows()), draw(fake.rows()));
+    let biased = kid_with_subsets(&real, &fake, &cfg, &wr, &wf).unwrap();
+    let bse = biased.std / (s as f64).sqrt();
+    eprintln!("expected {want:.6}; without replacement {:.6} +- {se:.6}; with replacement {:.6} +- {bse:.6}", got.mean, biased.mean);
+    assert!((biased.mean - want).abs() > 4.0 * bse, "draws with replacement should miss: {} vs {want} (s.e. {bse})", biased.mean);
+}
