@@ -13,25 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::cameras::{Camera, CylinderViews};
 use super::sine::SineBackend;
-use super::siren::{init_siren_params, siren_mlp, SirenConfig, SirenParams};
+// The MLP's defaults are the image SIREN's.
+use super::siren::{d_depth, d_embedding, d_omega, d_out, d_width, init_siren_params, siren_mlp, SirenConfig, SirenParams};
 use super::{Diffrep, MultiviewDiffrep, NamedTensor};
 use crate::tensor_util::tensor_from_vec;
-
-fn d_out() -> usize {
-    4
-}
-fn d_embedding() -> usize {
-    128
-}
-fn d_depth() -> usize {
-    3
-}
-fn d_width() -> usize {
-    256
-}
-fn d_omega() -> f64 {
-    1.0
-}
 
 /// Panorama SIREN; the MLP is the image SIREN's, the views a [`CylinderViews`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

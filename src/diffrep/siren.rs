@@ -16,19 +16,19 @@ use crate::tensor_util::{tensor_from_vec, tensor_to_vec};
 fn d_resolution() -> [usize; 2] {
     [64, 64]
 }
-fn d_out() -> usize {
+pub(super) fn d_out() -> usize {
     4
 }
-fn d_embedding() -> usize {
+pub(super) fn d_embedding() -> usize {
     128
 }
-fn d_depth() -> usize {
+pub(super) fn d_depth() -> usize {
     3
 }
-fn d_width() -> usize {
+pub(super) fn d_width() -> usize {
     256
 }
-fn d_omega() -> f64 {
+pub(super) fn d_omega() -> f64 {
     1.0
 }
 fn d_range() -> [f64; 2] {
