@@ -19,13 +19,13 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::adamax::Adamax;
-use super::ddrep::{DdrepConfig, RepaintX0};
+use super::ddrep::{DdrepConfig, MoveTarget, PullbackChain};
 use super::sjc::SjcConfig;
 use super::solver::fit_with;
 use super::{MethodOutput, StepDiagnostic};
 use crate::diffrep::{Camera, MultiviewDiffrep};
 use crate::diffusion::denoiser::row_scalars;
-use crate::diffusion::{chain_moves, repaint_forward, separated_noise, DdimCoeffs, Denoiser, Guidance, GuidedDenoiser, Level, Move};
+use crate::diffusion::{Denoiser, Guidance, GuidedDenoiser, Level};
 use crate::noise::{rng_for, NoiseSource};
 use crate::tensor_util::{ensure_finite, per_sample_mse, tensor_to_vec};
 
@@ -96,9 +96,6 @@ where
     if matches!(cfg.solver, super::SolverConfig::Exact) {
         bail!("the exact solver needs a linear single-view diffrep; '{}' is multiview", rep.name());
     }
-    let schedule = model.schedule().clone();
-    let levels = schedule.ddim_levels(cfg.steps, cfg.steps_offset)?;
-    let moves = chain_moves(cfg.steps, cfg.repaint)?;
     let (n, v) = (seeds.len(), rep.views_per_sample());
     let vshape = rep.view_shape();
     if model.sample_shape() != vshape {
@@ -112,36 +109,11 @@ where
 
     let mut params = rep.init(seeds, device)?;
     let mut xhat = render(&params).inner();
-    let mut eps = view_noise(noise, n, v, vshape, device)?;
-    let mut x0_latest = None;
-    let mut diagnostics = Vec::with_capacity(moves.len());
-
-    for (step, mv) in moves.iter().enumerate() {
-        let (kind, coeffs, t_level) = match *mv {
-            Move::Reverse { from } => ("reverse", DdimCoeffs::new(&schedule, levels[from], levels[from + 1], cfg.eta), levels[from]),
-            Move::Forward { from } => ("forward", DdimCoeffs::new(&schedule, levels[from - 1], levels[from], cfg.eta), levels[from - 1]),
-        };
-        let Level::Timestep(t) = t_level else { unreachable!("only the last level is Final") };
+    let mut chain = PullbackChain::new(model.schedule(), cfg, view_noise(noise, n, v, vshape, device)?)?;
+    let mut diagnostics = Vec::with_capacity(chain.moves.len());
+    for step in 0..chain.moves.len() {
         let z = view_noise(noise, n, v, vshape, device)?;
-        let target = match *mv {
-            Move::Reverse { .. } => {
-                let x0_hat = den.x0(xhat.clone() + eps.clone().mul_scalar(coeffs.sigma_from), t)?;
-                ensure_finite(&x0_hat, || format!("the denoiser output at step {step} (t = {t})"))?;
-                let (target, eps_new) = separated_noise(xhat.clone(), eps.clone(), x0_hat.clone(), &coeffs, z);
-                eps = eps_new;
-                x0_latest = Some(x0_hat);
-                target
-            }
-            Move::Forward { from } => {
-                let x0 = match (cfg.repaint_x0, levels[from]) {
-                    (RepaintX0::Reevaluate, Level::Timestep(tj)) => den.x0(xhat.clone() + eps.clone().mul_scalar(coeffs.sigma_to), tj)?,
-                    _ => x0_latest.clone().expect("a forward move follows a reverse move"),
-                };
-                let (target, eps_new) = repaint_forward(xhat.clone(), eps.clone(), x0, &coeffs, z);
-                eps = eps_new;
-                target
-            }
-        };
+        let MoveTarget { kind, t, sigma, target } = chain.pullback_step(step, &den, &xhat, z)?;
         // The render is consistent across views by construction: measure the disagreement of
         // what the views ask for, `target - render`, which also removes the panorama's own
         // within-cell spread from the measure.
@@ -149,15 +121,7 @@ where
         params = fit_with(&render, n, params, target.clone(), &cfg.solver)?;
         xhat = render(&params).inner();
         ensure_finite(&xhat, || format!("the diffrep render after the least-squares fit at step {step} (t = {t})"))?;
-        diagnostics.push(StepDiagnostic {
-            step,
-            kind: kind.into(),
-            t,
-            sigma: coeffs.sigma_from,
-            residual: per_sample_rms(xhat.clone() - target, n),
-            nfe: den.nfe(),
-            overlap,
-        });
+        diagnostics.push(StepDiagnostic { step, kind: kind.into(), t, sigma, residual: per_sample_rms(xhat.clone() - target, n), nfe: den.nfe(), overlap });
     }
     let image = rep.render(&params).inner();
     let cameras = rep.cameras(&views).to_vec();
