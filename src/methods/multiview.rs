@@ -15,17 +15,15 @@
 use anyhow::{bail, Result};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::adamax::Adamax;
 use super::ddrep::{DdrepConfig, MoveTarget, PullbackChain};
-use super::sjc::SjcConfig;
+use super::sjc::{sjc_direction, SjcConfig};
 use super::solver::fit_with;
 use super::{MethodOutput, StepDiagnostic};
 use crate::diffrep::{Camera, MultiviewDiffrep};
-use crate::diffusion::denoiser::row_scalars;
-use crate::diffusion::{Denoiser, Guidance, GuidedDenoiser, Level};
+use crate::diffusion::{Denoiser, Guidance, GuidedDenoiser};
 use crate::noise::{rng_for, NoiseSource};
 use crate::tensor_util::{ensure_finite, per_sample_mse, tensor_to_vec};
 
@@ -151,15 +149,7 @@ where
 {
     check_prompts(prompts, seeds)?;
     let t_train = model.schedule().num_train_timesteps();
-    if cfg.iters == 0 {
-        bail!("sjc.iters must be at least 1");
-    }
-    if cfg.skip_high + cfg.skip_low >= t_train {
-        bail!("sjc skips {} + {} of {t_train} sigmas: none left", cfg.skip_high, cfg.skip_low);
-    }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        bail!("sjc.lr must be positive, got {}", cfg.lr);
-    }
+    cfg.validate(t_train)?;
     let (n, v) = (seeds.len(), rep.views_per_sample());
     let vshape = rep.view_shape();
     if model.sample_shape() != vshape {
@@ -171,24 +161,18 @@ where
     let mut optim = Adamax::default().init::<B, R::Params>();
     let mut diagnostics = Vec::new();
     let mut nfe = 0;
-    let kept = cfg.skip_high..t_train - cfg.skip_low;
     let mut views = rep.sample_views(&mut view_rngs, device)?;
     for it in 0..cfg.iters {
         if it > 0 {
             views = rep.sample_views(&mut view_rngs, device)?;
         }
         let den = GuidedDenoiser::<B::InnerBackend, D>::new(model, view_prompts(prompts, &rep.view_suffixes(&views)), guidance)?;
-        let ts: Vec<usize> = rngs.iter_mut().flat_map(|r| std::iter::repeat_n(t_train - 1 - r.random_range(kept.clone()), v)).collect();
-        let sig: Vec<f64> = ts.iter().map(|&t| model.schedule().sigma(Level::Timestep(t))).collect();
+        let ts: Vec<usize> = rngs.iter_mut().flat_map(|r| std::iter::repeat_n(cfg.draw_timestep(r, t_train), v)).collect();
         let y = rep.render_views(&params, &views);
-        let y_in = y.clone().inner();
-        let sig_t = row_scalars::<B::InnerBackend>(&sig, device);
         let z = view_noise(noise, n, v, vshape, device)?;
-        let x0 = den.x0_rows(y_in.clone() + z * sig_t.clone(), &ts)?;
+        let (g, sig) = sjc_direction(&den, y.clone().inner(), &ts, z, it)?;
         nfe += den.nfe();
-        ensure_finite(&x0, || format!("the denoiser output at SJC iteration {it}"))?;
-        let g = (x0 - y_in) / sig_t;
-        if cfg.log_every > 0 && (it % cfg.log_every == 0 || it + 1 == cfg.iters) {
+        if cfg.logs(it) {
             diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma: sig[0], residual: per_sample_rms(g.clone(), n), nfe, overlap: None });
         }
         let mut l = (y * Tensor::<B, 4>::from_inner(g)).sum().div_scalar(v as f64).neg();

@@ -3,8 +3,9 @@
 
 use anyhow::{bail, Result};
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::{backend::AutodiffBackend, Tensor};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::adamax::Adamax;
@@ -119,6 +120,43 @@ impl EmptinessConfig {
     }
 }
 
+impl SjcConfig {
+    /// Checks the settings against a schedule of `t_train` training timesteps.
+    pub fn validate(&self, t_train: usize) -> Result<()> {
+        if self.iters == 0 {
+            bail!("sjc.iters must be at least 1");
+        }
+        if self.skip_high + self.skip_low >= t_train {
+            bail!("sjc skips {} + {} of {t_train} sigmas: none left", self.skip_high, self.skip_low);
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("sjc.lr must be positive, got {}", self.lr);
+        }
+        Ok(())
+    }
+
+    /// Whether iteration `it` is logged in the diagnostics.
+    pub(super) fn logs(&self, it: usize) -> bool {
+        self.log_every > 0 && (it % self.log_every == 0 || it + 1 == self.iters)
+    }
+
+    /// A training timestep uniform over the kept sigmas. Sigmas sorted from largest to
+    /// smallest: index i is training timestep T - 1 - i.
+    pub(super) fn draw_timestep(&self, rng: &mut ChaCha8Rng, t_train: usize) -> usize {
+        t_train - 1 - rng.random_range(self.skip_high..t_train - self.skip_low)
+    }
+}
+
+/// SJC's variance-reduced ascent direction per row, `(D(y + sigma z, t) - y) / sigma`
+/// (= sigma * score), and the rows' sigmas.
+pub(super) fn sjc_direction<B: Backend, D: Denoiser<B> + ?Sized>(den: &GuidedDenoiser<B, D>, y: Tensor<B, 4>, ts: &[usize], z: Tensor<B, 4>, it: usize) -> Result<(Tensor<B, 4>, Vec<f64>)> {
+    let sig: Vec<f64> = ts.iter().map(|&t| den.schedule().sigma(crate::diffusion::Level::Timestep(t))).collect();
+    let sig_t = row_scalars::<B>(&sig, &y.device());
+    let x0 = den.x0_rows(y.clone() + z * sig_t.clone(), ts)?;
+    ensure_finite(&x0, || format!("the denoiser output at SJC iteration {it}"))?;
+    Ok(((x0 - y) / sig_t, sig))
+}
+
 /// SJC. Per sample and iteration: `sigma` uniform over the kept training sigmas (from the
 /// sample's own `"sjc"` stream), `n` from `noise`.
 pub fn sjc<B, D, R>(
@@ -135,35 +173,19 @@ where
     R: Diffrep<B>,
 {
     let t_train = den.schedule().num_train_timesteps();
-    if cfg.iters == 0 {
-        bail!("sjc.iters must be at least 1");
-    }
-    if cfg.skip_high + cfg.skip_low >= t_train {
-        bail!("sjc skips {} + {} of {t_train} sigmas: none left", cfg.skip_high, cfg.skip_low);
-    }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        bail!("sjc.lr must be positive, got {}", cfg.lr);
-    }
+    cfg.validate(t_train)?;
     let n = seeds.len();
     let [c, h, w] = rep.render_shape();
     let mut rngs: Vec<_> = seeds.iter().map(|&s| rng_for(s, "sjc")).collect();
     let mut params = rep.init(seeds, device)?;
     let mut optim = Adamax::default().init::<B, R::Params>();
     let mut diagnostics = Vec::new();
-    // Sigmas sorted from largest to smallest: index i is training timestep T - 1 - i.
-    let kept = cfg.skip_high..t_train - cfg.skip_low;
     for it in 0..cfg.iters {
-        let ts: Vec<usize> = rngs.iter_mut().map(|r| t_train - 1 - r.random_range(kept.clone())).collect();
-        let sig: Vec<f64> = ts.iter().map(|&t| den.schedule().sigma(crate::diffusion::Level::Timestep(t))).collect();
+        let ts: Vec<usize> = rngs.iter_mut().map(|r| cfg.draw_timestep(r, t_train)).collect();
         let y = rep.render(&params);
-        let y_in = y.clone().inner();
-        let sig_t = row_scalars::<B::InnerBackend>(&sig, device);
         let z = noise.normal([n, c, h, w], device)?;
-        let x0 = den.x0_rows(y_in.clone() + z * sig_t.clone(), &ts)?;
-        ensure_finite(&x0, || format!("the denoiser output at SJC iteration {it}"))?;
-        // The variance-reduced direction (D - y) / sigma = sigma * score.
-        let g = (x0 - y_in) / sig_t;
-        if cfg.log_every > 0 && (it % cfg.log_every == 0 || it + 1 == cfg.iters) {
+        let (g, sig) = sjc_direction(den, y.clone().inner(), &ts, z, it)?;
+        if cfg.logs(it) {
             let residual = per_sample_mse(g.clone()).into_iter().map(f64::sqrt).collect();
             diagnostics.push(StepDiagnostic { step: it, kind: "iteration".into(), t: ts[0], sigma: sig[0], residual, nfe: den.nfe(), overlap: None });
         }
