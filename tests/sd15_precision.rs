@@ -1,8 +1,10 @@
 //! SD1.5 on another backend than the sampler (`CastSd15`, what `--precision f16|bf16` uses on
 //! CUDA), checked on the CPU with the model on `NdArray<f64>` and the sampler on the f32
 //! backend: the casts in and out, the denoiser and the decode match the diffusers fixture.
-//! fp16/bf16 themselves need a GPU (burn's CPU backend has no half types); on a CPU build the
-//! flag is refused with a one-line error, tested here too.
+//! The same model code in real f16 arithmetic runs here on burn-candle's CPU backend
+//! (burn-ndarray has no half types): every parity check within the tolerance `ddrep parity`
+//! applies on CUDA (candle's CPU matmul has no bf16, so bf16 is checked on a GPU only). On a
+//! CPU build the `--precision` flag is refused with a one-line error, tested here too.
 
 mod common;
 mod sd15_common;
@@ -18,6 +20,40 @@ use ddrep::pipeline::{CastModel, Model};
 use sd15_common::{check, model_dir, Expected, B};
 
 type F64 = NdArray<f64>;
+
+/// Every `ddrep parity` check with the model in half precision `L` on the CPU, within the
+/// tolerance the command uses for that precision.
+fn half_precision_parity<L: burn::tensor::backend::Backend>(precision: Precision) {
+    let fixtures = sd15_common::fixture("");
+    let checks = ddrep::parity::run_checks::<L>(&fixtures, &Default::default()).unwrap();
+    let tol = ddrep::parity::default_tol(precision);
+    assert_eq!(checks.len(), 8);
+    let mut worst = 0f64;
+    for c in &checks {
+        eprintln!("{precision} {:<36} {:.2e}", c.name, c.rel_err);
+        assert!(c.rel_err <= tol, "{precision}: {} has relative error {:.3e} > {tol:.0e}", c.name, c.rel_err);
+        worst = worst.max(c.rel_err);
+    }
+    // Half precision must really be in use: f32 arithmetic would be far below 1e-4.
+    assert!(worst > 1e-4, "{precision}: worst error {worst:.2e} looks like f32 arithmetic");
+}
+
+#[test]
+fn f16_model_code_matches_the_fixture_within_the_f16_tolerance() {
+    half_precision_parity::<burn_candle::Candle<half::f16>>(Precision::F16);
+}
+
+/// The cast path `--precision f16` takes (sampler in f32, model in f16) on the CFG batch.
+#[test]
+fn f16_cast_denoiser_matches_the_fixture() {
+    let m = CastSd15::<burn_candle::Candle<half::f16>, B>::load(&model_dir(), Precision::F16, &Default::default(), LoadOptions::default()).unwrap();
+    let exp = Expected::open("unet_cfg.safetensors");
+    let x: Tensor<B, 4> = exp.get::<4>("sample");
+    let both = m.eps(Tensor::cat(vec![x.clone(), x], 0), &[500, 500], &[None, Some("a photo of an astronaut riding a horse")]).unwrap();
+    check("f16 cast eps_uncond", both.clone().narrow(0, 0, 1), exp.get::<4>("eps_uncond"), 1e-2);
+    check("f16 cast eps_cond", both.narrow(0, 1, 1), exp.get::<4>("eps_cond"), 1e-2);
+    assert!(m.describe().ends_with("[f16]"), "{}", m.describe());
+}
 
 #[test]
 fn model_on_another_backend_matches_the_fixture() {
