@@ -4,7 +4,7 @@
 
 use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, conv2d, interpolate};
+use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Bool, FloatDType, Tensor};
 #[cfg(test)]
@@ -382,17 +382,52 @@ pub fn multi_head_attention<B: Backend>(
             let out = cpu_kernels::attention(&q, &k, &v, n, lq, lk, c, heads);
             return tensor_from_vec(out, [n, lq, c], &device);
         }
-        // burn's fused attention (flash attention on CUDA) where no mask is needed.
-        None => attention(split(q, lq), split(k, lk), split(v, lk), None),
-        Some(mask) => {
-            let scores = split(q, lq)
-                .matmul(split(k, lk).swap_dims(2, 3))
-                .div_scalar((hd as f64).sqrt());
-            let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-            softmax(scores, 3).matmul(split(v, lk))
-        }
+        mask => blocked_attention(split(q, lq), split(k, lk), split(v, lk), mask),
     };
     out.swap_dims(1, 2).reshape([n, lq, c])
+}
+
+/// Scores in one block stay below this many elements (512 MB in f32).
+const ATTENTION_BLOCK_ELEMS: usize = 1 << 27;
+
+/// `softmax(q k^T / sqrt(d) [masked]) v` on `[n, heads, L, d]` from matmuls, in blocks of
+/// queries so that a 64x64 latent's 4096 x 4096 scores per head are never one tensor. Not
+/// burn's fused `attention`: in burn 0.20.1 its CUDA kernel (cubek flash attention) always
+/// applies a causal mask, wrong for every attention in SD1.5. In half precision the softmax
+/// runs in f32, as PyTorch's attention accumulates.
+fn blocked_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 4> {
+    blocked_attention_within(q, k, v, mask, ATTENTION_BLOCK_ELEMS)
+}
+
+fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>, max_elems: usize) -> Tensor<B, 4> {
+    let [n, heads, lq, hd] = q.dims();
+    let lk = k.dims()[2];
+    let kt = k.swap_dims(2, 3);
+    let scale = (hd as f64).sqrt().recip();
+    let block = (max_elems / (n * heads * lk).max(1)).clamp(1, lq.max(1));
+    let half = half_dtype::<B>();
+    let mut outs = Vec::with_capacity(lq.div_ceil(block));
+    let mut start = 0;
+    while start < lq {
+        let len = block.min(lq - start);
+        let mut scores = q.clone().narrow(2, start, len).matmul(kt.clone()).mul_scalar(scale);
+        if let Some(m) = &mask {
+            // A mask of one query row broadcasts; a full mask is cut like the queries.
+            let m = if m.dims()[2] == lq && lq > 1 { m.clone().narrow(2, start, len) } else { m.clone() };
+            scores = scores.mask_fill(m, f32::NEG_INFINITY);
+        }
+        let probs = match half {
+            Some(h) => softmax(scores.cast(FloatDType::F32), 3).cast(h),
+            None => softmax(scores, 3),
+        };
+        outs.push(probs.matmul(v.clone()));
+        start += len;
+    }
+    if outs.len() == 1 {
+        outs.pop().unwrap()
+    } else {
+        Tensor::cat(outs, 2)
+    }
 }
 
 /// GEGLU on `[n, L, 2 * inner]`: the first half is the value, the second the gate (exact erf
@@ -487,6 +522,43 @@ impl<B: Backend> ResnetBlock<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Cpu;
+
+    /// Attention in blocks of queries equals its f64 definition, unmasked (non-causal: every
+    /// query sees every key) and with a causal mask cut per block, in f32 and in f16.
+    #[test]
+    fn blocked_attention_matches_its_definition() {
+        fn run<B: Backend>(max_elems: usize, causal: bool, tol: f64) {
+            let (n, h, l, d) = (2, 2, 7, 4);
+            let val = |i: usize, s: usize| (((i * s + 3) % 17) as f32 - 8.0) / 8.0;
+            let mk = |s: usize| (0..n * h * l * d).map(|i| val(i, s)).collect::<Vec<f32>>();
+            let (qv, kv, vv) = (mk(5), mk(7), mk(11));
+            let dev = Default::default();
+            let t = |v: &Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [n, h, l, d]), &dev);
+            let mask = causal.then(|| Tensor::<B, 4, Bool>::from_data(TensorData::new((0..l * l).map(|k| k % l > k / l).collect::<Vec<bool>>(), [1, 1, l, l]), &dev));
+            let got: Vec<f32> = blocked_attention_within(t(&qv), t(&kv), t(&vv), mask, max_elems).into_data().convert::<f32>().into_vec().unwrap();
+            for b in 0..n * h {
+                for i in 0..l {
+                    let at = |v: &Vec<f32>, j: usize, c: usize| v[(b * l + j) * d + c] as f64;
+                    let keys: Vec<usize> = (0..l).filter(|&j| !causal || j <= i).collect();
+                    let s: Vec<f64> = keys.iter().map(|&j| (0..d).map(|c| at(&qv, i, c) * at(&kv, j, c)).sum::<f64>() / (d as f64).sqrt()).collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for c in 0..d {
+                        let want: f64 = keys.iter().zip(&s).map(|(&j, x)| (x - m).exp() / z * at(&vv, j, c)).sum();
+                        let g = got[(b * l + i) * d + c] as f64;
+                        assert!((g - want).abs() <= tol, "{} block elems {max_elems} causal {causal}: [{b},{i},{c}] {g} vs {want}", std::any::type_name::<B>());
+                    }
+                }
+            }
+        }
+        for causal in [false, true] {
+            // 3 queries a block (2 * 2 * 7 * 3 elements), and all in one block.
+            run::<Cpu>(2 * 2 * 7 * 3, causal, 1e-5);
+            run::<Cpu>(usize::MAX, causal, 1e-5);
+            run::<burn_candle::Candle<half::f16>>(2 * 2 * 7 * 3, causal, 5e-3);
+        }
+    }
 
     /// In f16 the norm's statistics are computed in f32: rows whose squared deviations
     /// overflow f16 (spread 900: squares near 8e5 > 65504) normalise like the f64 definition.
