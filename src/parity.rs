@@ -24,7 +24,7 @@ pub struct ParityArgs {
     /// Backend: cpu, or cuda when built with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32, or f16 / bf16 with --device cuda.
+    /// f32, or f16 / bf16 with --device cuda; f16 also on the CPU (burn-candle, real f16).
     #[arg(long, default_value = "f32")]
     pub precision: String,
     /// Largest accepted relative error (default: 1e-4 for f32, 1e-2 for f16, 5e-2 for bf16).
@@ -51,9 +51,18 @@ pub struct Check {
 }
 
 pub fn parity(a: &ParityArgs) -> Result<()> {
-    let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
+    // On the CPU, f16 runs on burn-candle (real f16 arithmetic, slow): a check of the
+    // half-precision model code without a GPU. Candle's CPU matmul has no bf16.
+    let cpu_half: Precision = a.precision.parse()?;
+    let (precision, checks) = match (a.device.as_str(), cpu_half) {
+        ("cpu", Precision::F16) => (cpu_half, run_checks::<burn_candle::Candle<half::f16>>(&a.fixtures, &Default::default())?),
+        ("cpu", Precision::Bf16) => bail!("--precision bf16 needs --device cuda: the CPU's half-precision backend (burn-candle) has no bf16 matmul; f16 works on the CPU"),
+        _ => {
+            let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
+            (precision, crate::backend::with_model_backend!(a.device.as_str(), precision, |M| run_checks::<M>(&a.fixtures, &Default::default())?))
+        }
+    };
     let tol = a.tol.unwrap_or(default_tol(precision));
-    let checks = crate::backend::with_model_backend!(a.device.as_str(), precision, |M| run_checks::<M>(&a.fixtures, &Default::default())?);
     println!("| check ({} {precision}) | max|a-b|/max|b| | tolerance | ok |", a.device);
     println!("|---|---|---|---|");
     for c in &checks {

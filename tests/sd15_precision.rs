@@ -122,7 +122,8 @@ fn half_precision_on_the_cpu_is_a_one_line_error() {
 }
 
 /// `ddrep parity` (the command carried to the GPU machine) on the CPU: all checks pass at the
-/// f32 tolerance, fail at an impossible one, and a missing fixture folder is a one-line error.
+/// f32 tolerance, fail at an impossible one, and a missing fixture folder is a one-line error;
+/// `--precision f16` runs in real f16 on burn-candle.
 #[test]
 fn parity_command_checks_every_part() {
     let fixtures = model_dir().parent().unwrap().to_path_buf();
@@ -146,4 +147,15 @@ fn parity_command_checks_every_part() {
     common::assert_one_line_error(&run(&["--tol", "1e-12"]), "8 check(s) above 1e-12: text_encoder last_hidden_state, unet eps t=999");
     let o = Command::new(env!("CARGO_BIN_EXE_ddrep")).args(["parity", "--fixtures", "/nonexistent/fixtures"]).output().unwrap();
     common::assert_one_line_error(&o, "/nonexistent/fixtures/model");
+
+    // f16 on the CPU runs on burn-candle within the f16 tolerance; bf16 there is refused.
+    let o = run(&["--precision", "f16", "--json", json.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("all 8 checks within 1e-2") && stdout.contains("| check (cpu f16)"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["precision"], "f16");
+    assert!(v["checks"].as_array().unwrap().iter().all(|c| c["rel_err"].as_f64().unwrap() > 1e-4), "f16 arithmetic, not f32: {v}");
+    let _ = std::fs::remove_file(&json);
+    common::assert_one_line_error(&run(&["--precision", "bf16"]), "no bf16 matmul");
 }
