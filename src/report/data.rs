@@ -275,6 +275,8 @@ pub struct CellInfo {
     pub final_residual: Option<f64>,
     /// `files` of cell.json (image.png, views.png, turntable.gif, ...).
     pub files: Vec<String>,
+    /// The cell's content key (what its id hashes), when cell.json records it.
+    pub key: Option<serde_json::Value>,
 }
 
 impl CellInfo {
@@ -317,6 +319,7 @@ pub fn read_cell(cells_dir: &Path, id: &str) -> Result<CellInfo> {
         final_overlap: first_number(v.get("multiview").and_then(|m| m.get("final_overlap"))),
         final_residual: first_number(v.get("multiview").and_then(|m| m.get("final_residual"))),
         files: v.get("files").and_then(|f| f.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+        key: v.get("key").cloned(),
     })
 }
 

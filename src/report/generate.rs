@@ -100,27 +100,15 @@ fn grid_cells(file: &Path, overrides: &[String], f: &schema::ExperimentFile, roo
         Ok(p) => return p.cells.iter().filter(|c| Store::is_complete(root, &c.id)).map(|c| data::read_cell(&cells_dir, &c.id)).collect(),
         Err(e) => e,
     };
-    let mut ids: Vec<String> = Vec::new();
-    if cells_dir.is_dir() {
-        ids = std::fs::read_dir(&cells_dir)
-            .with_context(|| format!("cannot list {}", cells_dir.display()))?
-            .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(str::to_string)))
-            .filter(|id| Store::is_complete(root, id))
-            .collect();
-        ids.sort();
-    }
+    let ids = Store::complete_ids(root);
     let mut out = Vec::new();
     match crate::experiment::plan_without_weights(file, overrides) {
         Ok(grid) => {
             let wanted: HashSet<String> = grid.iter().map(|c| c.key.to_string()).collect();
             let mut weight_sets: BTreeSet<Vec<(String, String)>> = BTreeSet::new();
             for id in ids {
-                let path = cells_dir.join(&id).join("cell.json");
-                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
-                let Some(key) = v.get("key") else { continue };
-                if wanted.contains(&crate::experiment::key_without_weights(key).to_string()) {
-                    let c = data::read_cell(&cells_dir, &id)?;
+                let c = data::read_cell(&cells_dir, &id)?;
+                if c.key.as_ref().is_some_and(|k| wanted.contains(&crate::experiment::key_without_weights(k).to_string())) {
                     weight_sets.insert(c.weights.clone());
                     out.push(c);
                 }
