@@ -6,7 +6,7 @@ use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
-use burn::tensor::{Bool, FloatDType, Tensor};
+use burn::tensor::{Bool, DType, Element, FloatDType, Tensor};
 #[cfg(test)]
 use burn::tensor::TensorData;
 
@@ -342,13 +342,10 @@ fn normalise_last<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
 
 /// The half-precision float type of `B`, if its floats are f16 or bf16.
 fn half_dtype<B: Backend>() -> Option<FloatDType> {
-    let name = std::any::type_name::<B::FloatElem>();
-    if name.ends_with("::f16") {
-        Some(FloatDType::F16)
-    } else if name.ends_with("::bf16") {
-        Some(FloatDType::BF16)
-    } else {
-        None
+    match <B::FloatElem as Element>::dtype() {
+        DType::F16 => Some(FloatDType::F16),
+        DType::BF16 => Some(FloatDType::BF16),
+        _ => None,
     }
 }
 
