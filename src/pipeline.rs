@@ -193,7 +193,7 @@ pub fn load_sd15<B: Backend>(dir: &Path, latent_size: Option<[usize; 2]>, device
     check_folder(dir)?;
     let mut m = Sd15::<B>::load(dir, device)?;
     if let Some([h, w]) = latent_size {
-        let k = 1usize << m.unet.config.block_out_channels.len().saturating_sub(1);
+        let k = m.latent_multiple();
         if h == 0 || w == 0 || h % k != 0 || w % k != 0 {
             bail!("--latent-size {h},{w}: both must be positive multiples of {k} for this UNet (images are {}x larger)", vae_factor(&m.vae.config));
         }

@@ -441,7 +441,7 @@ fn load_sd15_sized<L: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &
     let mut m = crate::models::sd15::Sd15::<L>::load(dir, device)?;
     if let Some([h, w]) = latent {
         // SD1.5 samples latents of any size the UNet divides: the views' size.
-        let k = 1usize << m.unet.config.block_out_channels.len().saturating_sub(1);
+        let k = m.latent_multiple();
         if h % k != 0 || w % k != 0 {
             bail!("diffrep views of {h}x{w} latents: both sides must be multiples of {k} for this UNet");
         }

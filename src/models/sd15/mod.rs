@@ -224,6 +224,12 @@ impl<B: Backend> Sd15<B> {
         })
     }
 
+    /// Latent sides must be multiples of this: the UNet halves them once per down block but
+    /// the last (8 for SD1.5).
+    pub fn latent_multiple(&self) -> usize {
+        1 << self.unet.config.block_out_channels.len().saturating_sub(1)
+    }
+
     /// Latent size the sampler uses (default: the UNet's `sample_size`, 64x64 for SD1.5).
     pub fn set_latent_size(&mut self, h: usize, w: usize) {
         self.sample_shape = [self.sample_shape[0], h, w];
