@@ -187,23 +187,23 @@ pub fn build_model<B: Backend>(args: &ModelArgs, extra: &[String], device: &B::D
             match precision {
                 Precision::F32 => Ok(Model::Sd15(Box::new(load_sd15::<B>(dir, latent_size, device)?))),
                 #[cfg(feature = "cuda")]
-                Precision::F16 => {
-                    let dev = Default::default();
-                    let m = load_sd15::<crate::backend::CudaF16>(dir, latent_size, &dev)?;
-                    Ok(Model::Sd15Cast(Box::new(crate::models::sd15::precision::CastSd15::<_, B>::new(m, precision, &dev))))
-                }
+                Precision::F16 => cast_sd15::<crate::backend::CudaF16, B>(dir, latent_size, precision),
                 #[cfg(feature = "cuda")]
-                Precision::Bf16 => {
-                    let dev = Default::default();
-                    let m = load_sd15::<crate::backend::CudaBf16>(dir, latent_size, &dev)?;
-                    Ok(Model::Sd15Cast(Box::new(crate::models::sd15::precision::CastSd15::<_, B>::new(m, precision, &dev))))
-                }
+                Precision::Bf16 => cast_sd15::<crate::backend::CudaBf16, B>(dir, latent_size, precision),
                 #[cfg(not(feature = "cuda"))]
                 other => bail!("--precision {other} needs the CUDA backend: this build has none (rebuild with --features cuda and pass --device cuda)"),
             }
         }
         other => bail!("unknown model '{other}' (expected analytic or sd15)"),
     }
+}
+
+/// SD1.5 on its own backend `L` (fp16/bf16 on CUDA) behind the sampler's backend `B`.
+#[cfg(feature = "cuda")]
+fn cast_sd15<L: Backend, B: Backend>(dir: &std::path::Path, latent_size: Option<[usize; 2]>, precision: Precision) -> Result<Model<B>> {
+    let dev = Default::default();
+    let m = load_sd15::<L>(dir, latent_size, &dev)?;
+    Ok(Model::Sd15Cast(Box::new(crate::models::sd15::precision::CastSd15::<L, B>::new(m, precision, &dev))))
 }
 
 fn method_spec(a: &SampleArgs) -> Result<MethodSpec> {
