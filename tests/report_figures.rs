@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod sd15_common;
+
 use ddrep::report::data::METRICS_HEADER;
 use ddrep::report::gallery::check_links;
 
@@ -245,26 +247,13 @@ fn fig4_report_has_diversity_grids_and_table() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t);
-        } else {
-            std::fs::copy(&p, &t).unwrap();
-        }
-    }
-}
-
 /// Where the SD1.5 weights are gone, the report still takes exactly the cells of its own
 /// overrides (keys compared without weight hashes), and refuses cells of two weight sets.
 #[test]
 fn report_without_weights_keeps_to_its_overrides() {
     let dir = tmp("noweights");
     let weights = dir.join("weights");
-    copy_dir(&Path::new(REPO).join("tests/fixtures/sd15_tiny/model"), &weights);
+    sd15_common::copy_dir(&sd15_common::model_dir(), &weights);
     let yaml = dir.join("grid.yaml");
     std::fs::write(
         &yaml,

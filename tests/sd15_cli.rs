@@ -16,7 +16,7 @@ use ddrep::diffusion::{ddim_step, CfgConvention, DdimCoeffs, Denoiser, Guidance,
 use ddrep::methods::{ddrep as run_ddrep, reference, DdrepConfig, ReferenceConfig, SolverConfig};
 use ddrep::models::sd15::{Sd15, WeightFile};
 use ddrep::noise::ReplayNoise;
-use sd15_common::{check, fixture, model_dir, rel_err, Expected, B};
+use sd15_common::{check, copy_dir, fixture, model_dir, rel_err, Expected, B};
 use common::assert_one_line_error;
 
 // ---------------------------------------------------------------- command line
@@ -156,19 +156,6 @@ struct TempModel(PathBuf);
 impl Drop for TempModel {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
     }
 }
 

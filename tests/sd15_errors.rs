@@ -10,7 +10,7 @@ use ddrep::diffusion::Denoiser;
 use ddrep::models::sd15::{LoadOptions, Sd15};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use sd15_common::{model_dir, B};
+use sd15_common::{copy_dir, model_dir, B};
 
 /// A fresh copy of the tiny model folder in the temp dir, removed on drop.
 struct TempModel(PathBuf);
@@ -33,19 +33,6 @@ fn copy_model(tag: &str) -> TempModel {
     let _ = std::fs::remove_dir_all(&dst);
     copy_dir(&model_dir(), &dst);
     TempModel(dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// The load error as one string; panics if loading succeeded.

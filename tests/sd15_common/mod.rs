@@ -1,7 +1,7 @@
 //! Helpers shared by the `sd15_*` tests: fixture paths, expected tensors, the error metric.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, ElementConversion, Tensor, TensorData};
 use ddrep::backend::Cpu;
@@ -15,6 +15,20 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 pub fn model_dir() -> PathBuf {
     fixture("model")
+}
+
+/// Copies a folder tree (a fixture model to edit or delete in a test).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
 }
 
 /// An expected-output file, read with the crate's own safetensors reader.
