@@ -14,6 +14,10 @@ for d in /.gpu/ /.whl/; do
 done
 
 export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/ddrep-target-cuda}
+# Without nvcc here, cudarc's build script falls back to the newest CUDA it knows (13.1) and
+# then panics at start-up on a driver that lacks a 13.1-only symbol. The lent machines run
+# driver 580 (CUDA 13.0) with PyTorch cu130's NVRTC 13.0, so pin the API to 13.0.
+export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 cargo build --release --features cuda --bin ddrep
 mkdir -p .gpu
 # Stripped it is ~50 MB, which with the tree and the wheels is at the 64 MiB that travels;
