@@ -12,8 +12,14 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 B=/tmp/ddrep-cuda
 python3 -c 'import lzma, shutil; shutil.copyfileobj(lzma.open(".gpu/ddrep.xz"), open("/tmp/ddrep-cuda", "wb"))' && chmod +x "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/prepare.sh here first)"; exit 2; }
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
+# cudarc opens the driver and NVRTC by name at run time. NVRTC may live only in PyTorch's
+# wheels (nvidia/cu13/lib) or the toolkit's lib64; put every folder that holds it on the path.
+for d in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -printf '%h\n' 2>/dev/null | sort -u); do
+    export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
 {
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     echo "commit: $(tr '\n' ' ' < .gpu/commit 2>/dev/null || echo unknown)"
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -24,20 +30,25 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
 
-# 3 x 60 s + 60 s + 3 x 110 s = 9.5 min at most, inside the 10-minute command limit. At most
-# 8 files come back from $OUT: gpu.txt, parity_*.txt, sample.txt, bench_*.txt are 8.
-PARITY_S=${PARITY_S:-60}
-SAMPLE_S=${SAMPLE_S:-60}
-BENCH_S=${BENCH_S:-110}
+# One deadline for the whole script (TOTAL_S, default 480 s, inside the run's timeout_s): each
+# step gets at most its own cap and never more than what is left, so that a hang costs one
+# step and the files of the steps before it still come back. At most 8 files come back from
+# $OUT: gpu.txt, parity_*.txt, sample.txt, bench_*.txt are 8.
+TOTAL_S=${TOTAL_S:-480}
+END=$((SECONDS + TOTAL_S))
+cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
+PARITY_S=${PARITY_S:-45}
+SAMPLE_S=${SAMPLE_S:-45}
+BENCH_S=${BENCH_S:-150}
 for p in f32 f16 bf16; do
     echo "== parity cuda $p"
-    timeout "$PARITY_S" "$B" parity --device cuda --precision "$p" > "$OUT/parity_$p.txt" 2>&1
+    timeout "$(cap "$PARITY_S")" "$B" parity --device cuda --precision "$p" > "$OUT/parity_$p.txt" 2>&1
     echo "exit $?" >> "$OUT/parity_$p.txt"
     cat "$OUT/parity_$p.txt"
 done
 echo "== sample: DDRep with a SIREN on the tiny SD1.5, model in f16 on CUDA (end to end)"
 rm -rf /tmp/ddrep-gpu-sample
-timeout "$SAMPLE_S" "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
+timeout "$(cap "$SAMPLE_S")" "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
     --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
     --out /tmp/ddrep-gpu-sample > "$OUT/sample.txt" 2>&1
 echo "exit $?" >> "$OUT/sample.txt"
@@ -45,7 +56,7 @@ python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")
 cat "$OUT/sample.txt"
 for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do
     echo "== bench unet cuda $p"
-    timeout "$BENCH_S" "$B" bench unet --device cuda --precision "$p" --warmup 3 --evals 20 --full-evals 10 --python python3 > "$OUT/bench_$p.txt" 2>&1
+    timeout "$(cap "$BENCH_S")" "$B" bench unet --device cuda --precision "$p" --warmup 3 --evals 20 --full-evals 10 --python python3 > "$OUT/bench_$p.txt" 2>&1
     echo "exit $?" >> "$OUT/bench_$p.txt"
     cat "$OUT/bench_$p.txt"
 done
