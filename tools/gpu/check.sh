@@ -15,9 +15,11 @@ python3 -c 'import lzma, shutil; shutil.copyfileobj(lzma.open(".gpu/ddrep.xz"), 
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 # cudarc opens the driver and NVRTC by name at run time. NVRTC may live only in PyTorch's
 # wheels (nvidia/cu13/lib) or the toolkit's lib64; put every folder that holds it on the path.
-for d in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -printf '%h\n' 2>/dev/null | sort -u); do
+# (Not the toolkit's stubs/ folder: its libcuda.so is a stub that would shadow the driver.)
+for d in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u); do
     export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$PWD/.gpu/lib"
 {
     echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     echo "commit: $(tr '\n' ' ' < .gpu/commit 2>/dev/null || echo unknown)"

@@ -26,6 +26,14 @@ rm -f .gpu/ddrep .gpu/ddrep.xz
 strip -o .gpu/ddrep.bin "$CARGO_TARGET_DIR/release/ddrep"
 xz -T0 -6 -c .gpu/ddrep.bin > .gpu/ddrep.xz
 rm .gpu/ddrep.bin
+# The plots' font rendering links fontconfig and freetype, which the GPU image lacks: carry the
+# shared libraries the binary needs beyond glibc and libgcc (check.sh puts .gpu/lib last on
+# LD_LIBRARY_PATH, so the machine's own copies win where it has them).
+rm -rf .gpu/lib && mkdir -p .gpu/lib
+ldd "$CARGO_TARGET_DIR/release/ddrep" | awk '$3 ~ /^\// {print $3}' \
+    | grep -v -E '/(libc|libm|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' \
+    | xargs -r -I{} cp -L {} .gpu/lib/
+ls .gpu/lib
 git rev-parse HEAD > .gpu/commit
 git status --porcelain --untracked-files=no | grep -q . && echo "dirty" >> .gpu/commit
 echo "built .gpu/ddrep.xz ($(du -h .gpu/ddrep.xz | cut -f1)) from $(head -1 .gpu/commit)"
