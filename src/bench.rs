@@ -261,8 +261,11 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
     for i in 0..warmup + evals {
         let t = Instant::now();
         let eps = unet.forward(x.clone(), &ts, ctx.clone())?;
-        // Reading the result back also waits for an asynchronous (GPU) backend.
+        // Reading the result back also waits for an asynchronous (GPU) backend; the sync makes
+        // that explicit and, on cubecl backends run with CUBECL_DEBUG_OPTION=profile, prints
+        // the kernel-time summary of this eval.
         crate::tensor_util::ensure_finite(&eps, || "the benchmark UNet output".into())?;
+        B::sync(&device).map_err(|e| anyhow::anyhow!("the benchmark UNet eval failed on the device: {e:?}"))?;
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -26,7 +26,7 @@ type F64 = NdArray<f64>;
 fn half_precision_parity<L: burn::tensor::backend::Backend>(precision: Precision) {
     let fixtures = sd15_common::fixture("");
     let checks = ddrep::parity::run_checks::<L>(&fixtures, &Default::default()).unwrap();
-    let tol = ddrep::parity::default_tol(precision);
+    let tol = ddrep::parity::default_tol("cpu", precision);
     assert_eq!(checks.len(), 8);
     let mut worst = 0f64;
     for c in &checks {

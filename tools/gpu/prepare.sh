@@ -18,14 +18,19 @@ export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/ddrep-target-cuda}
 # then panics at start-up on a driver that lacks a 13.1-only symbol. The lent machines run
 # driver 580 (CUDA 13.0) with PyTorch cu130's NVRTC 13.0, so pin the API to 13.0.
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
-cargo build --release --features cuda --bin ddrep
 mkdir -p .gpu
-# Stripped it is ~50 MB, which with the tree and the wheels is at the 64 MiB that travels;
-# xz brings it to ~9 MB (check.sh unpacks it there with Python's lzma).
-rm -f .gpu/ddrep .gpu/ddrep.xz
-strip -o .gpu/ddrep.bin "$CARGO_TARGET_DIR/release/ddrep"
-xz -T0 -6 -c .gpu/ddrep.bin > .gpu/ddrep.xz
-rm .gpu/ddrep.bin
+rm -f .gpu/ddrep .gpu/ddrep.xz .gpu/ddrep-fusion.xz
+# Two binaries: plain burn-cuda (.gpu/ddrep.xz) and burn-cuda with operation fusion
+# (.gpu/ddrep-fusion.xz, feature cuda-fusion), so one GPU call can compare them.
+for feature in cuda-fusion cuda; do
+    cargo build --release --features "$feature" --bin ddrep
+    # Stripped it is ~50 MB, which with the tree and the wheels is at the 64 MiB that travels;
+    # xz brings it to ~9 MB (check.sh unpacks it there with Python's lzma).
+    name=ddrep; [ "$feature" = cuda-fusion ] && name=ddrep-fusion
+    strip -o .gpu/ddrep.bin "$CARGO_TARGET_DIR/release/ddrep"
+    xz -T0 -6 -c .gpu/ddrep.bin > ".gpu/$name.xz"
+    rm .gpu/ddrep.bin
+done
 # The plots' font rendering links fontconfig and freetype, which the GPU image lacks: carry the
 # shared libraries the binary needs beyond glibc and libgcc (check.sh puts .gpu/lib last on
 # LD_LIBRARY_PATH, so the machine's own copies win where it has them).
@@ -36,7 +41,7 @@ ldd "$CARGO_TARGET_DIR/release/ddrep" | awk '$3 ~ /^\// {print $3}' \
 ls .gpu/lib
 git rev-parse HEAD > .gpu/commit
 git status --porcelain --untracked-files=no | grep -q . && echo "dirty" >> .gpu/commit
-echo "built .gpu/ddrep.xz ($(du -h .gpu/ddrep.xz | cut -f1)) from $(head -1 .gpu/commit)"
+echo "built .gpu/ddrep.xz and .gpu/ddrep-fusion.xz ($(du -ch .gpu/*.xz | tail -1 | cut -f1)) from $(head -1 .gpu/commit)"
 
 PY=${PYTHON:-python3}
 mkdir -p .whl
