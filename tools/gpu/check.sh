@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # The GPU half of issue #4, run ON the GPU machine from the repository root, with .gpu/ and
-# .whl/ carried there (made by tools/gpu/prepare.sh):
-#   - `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
-#   - `ddrep sample --method ddrep` end to end on the tiny model in f16 (SIREN fit in f32);
-#   - `ddrep bench unet` on CUDA in each precision, diffusers beside it on the same card in
-#     the same dtype (the ratio is printed by ddrep).
-# Everything is written to $OUT (or ./gpu-out). Each step has its own timeout so that one
-# hang does not eat the whole device budget; a failing step is reported and the next runs.
+# .whl/ carried there (made by tools/gpu/prepare.sh). Steps (STEPS, default all of them):
+#   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32
+#            (strict / torch default / TF32), f16 and bf16 on this card: the reference column;
+#   parity   `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
+#   sample   `ddrep sample --method ddrep` end to end on the tiny model in f16;
+#   profile  one SD1.5-size UNet eval (f16) with cubecl's kernel profiler: time per kernel;
+#   fusion   the cuda-fusion binary: parity f16 and f32, and `ddrep bench unet` f16;
+#   bench    `ddrep bench unet` in each of BENCH_PRECISIONS (default f16 f32 bf16), diffusers
+#            beside it on the same card in the same dtype (ddrep prints the ratio).
+# Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 7.
 set -u
 OUT=${OUT:-gpu-out}
+STEPS=" ${STEPS:-dparity parity sample profile fusion bench} "
 mkdir -p "$OUT"
+unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
-python3 -c 'import lzma, shutil; shutil.copyfileobj(lzma.open(".gpu/ddrep.xz"), open("/tmp/ddrep-cuda", "wb"))' && chmod +x "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/prepare.sh here first)"; exit 2; }
+BF=/tmp/ddrep-cuda-fusion
+unpack .gpu/ddrep.xz "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/prepare.sh here first)"; exit 2; }
+[ -f .gpu/ddrep-fusion.xz ] && unpack .gpu/ddrep-fusion.xz "$BF"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 # cudarc opens the driver and NVRTC by name at run time. NVRTC may live only in PyTorch's
 # wheels (nvidia/cu13/lib) or the toolkit's lib64; put every folder that holds it on the path.
@@ -34,31 +41,58 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 
 # One deadline for the whole script (TOTAL_S, default 480 s, inside the run's timeout_s): each
 # step gets at most its own cap and never more than what is left, so that a hang costs one
-# step and the files of the steps before it still come back. At most 8 files come back from
-# $OUT: gpu.txt, parity_*.txt, sample.txt, bench_*.txt are 8.
+# step and the files of the steps before it still come back.
 TOTAL_S=${TOTAL_S:-480}
 END=$((SECONDS + TOTAL_S))
 cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-PARITY_S=${PARITY_S:-45}
-SAMPLE_S=${SAMPLE_S:-45}
-BENCH_S=${BENCH_S:-150}
-for p in f32 f16 bf16; do
-    echo "== parity cuda $p"
-    timeout "$(cap "$PARITY_S")" "$B" parity --device cuda --precision "$p" > "$OUT/parity_$p.txt" 2>&1
-    echo "exit $?" >> "$OUT/parity_$p.txt"
-    cat "$OUT/parity_$p.txt"
-done
-echo "== sample: DDRep with a SIREN on the tiny SD1.5, model in f16 on CUDA (end to end)"
-rm -rf /tmp/ddrep-gpu-sample
-timeout "$(cap "$SAMPLE_S")" "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
-    --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
-    --out /tmp/ddrep-gpu-sample > "$OUT/sample.txt" 2>&1
-echo "exit $?" >> "$OUT/sample.txt"
-python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/sample.txt" 2>&1
-cat "$OUT/sample.txt"
-for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do
-    echo "== bench unet cuda $p"
-    timeout "$(cap "$BENCH_S")" "$B" bench unet --device cuda --precision "$p" --warmup 3 --evals 20 --full-evals 10 --python python3 > "$OUT/bench_$p.txt" 2>&1
-    echo "exit $?" >> "$OUT/bench_$p.txt"
-    cat "$OUT/bench_$p.txt"
-done
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+# step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
+step() {
+    local f="$OUT/$1" c=$2; shift 2
+    echo "== $*" | tee -a "$f"
+    timeout "$(cap "$c")" "$@" >> "$f.tmp" 2>&1
+    echo "exit $?" >> "$f.tmp"
+    cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
+}
+BENCH="bench unet --device cuda --warmup 3 --evals 20 --full-evals 10 --python python3"
+
+want dparity && step diffusers_parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda
+if want parity; then
+    for p in f32 f16 bf16; do step parity.txt 45 "$B" parity --device cuda --precision "$p"; done
+fi
+if want sample; then
+    rm -rf /tmp/ddrep-gpu-sample
+    step sample.txt 60 "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
+        --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
+        --out /tmp/ddrep-gpu-sample
+    python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/sample.txt" 2>&1
+fi
+if want profile; then
+    # cubecl reads cubecl.toml from the working directory: profile only this step. Each device
+    # sync (one per eval in the bench) prints the table of kernel times since the last one;
+    # the last table is the last full SD1.5 eval.
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/cubecl-profile.log"\nappend = true\n' > cubecl.toml
+    rm -f /tmp/cubecl-profile.log
+    step profile.txt 90 "$B" bench unet --device cuda --precision f16 --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
+    rm -f cubecl.toml
+    python3 - >> "$OUT/profile.txt" 2>&1 <<'EOF'
+import re
+try:
+    text = open("/tmp/cubecl-profile.log", encoding="utf-8", errors="replace").read()
+except OSError as e:
+    raise SystemExit(f"no profile log: {e}")
+blocks = [b for b in text.split("⎺") if "Total" in b]
+print(f"{len(blocks)} profile tables; the last (last SD1.5 eval), first 45 rows, names cut to 150 characters:")
+for line in blocks[-1].splitlines()[:48] if blocks else []:
+    print(line[:150] + (" ..." if len(line) > 150 else "") if not line.startswith("| Total") else line)
+tot = [l for l in blocks[-1].splitlines() if l.startswith("| Total")] if blocks else []
+print("\n".join(tot))
+EOF
+fi
+if want fusion && [ -x "$BF" ]; then
+    for p in f16 f32; do step fusion.txt 45 "$BF" parity --device cuda --precision "$p"; done
+    step fusion.txt 120 "$BF" $BENCH --precision f16
+fi
+if want bench; then
+    for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do step bench.txt 150 "$B" $BENCH --precision "$p"; done
+fi
