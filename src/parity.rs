@@ -29,6 +29,7 @@ pub struct ParityArgs {
     pub precision: String,
     /// Largest accepted relative error (default: 1e-4 for f32 on the CPU, 1e-2 for f16 and
     /// for f32 on CUDA (TF32 matmuls), 8e-2 for bf16).
+    #[arg(long)]
     pub tol: Option<f64>,
     /// Also write the results as JSON here.
     #[arg(long)]

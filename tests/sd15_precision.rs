@@ -158,4 +158,18 @@ fn parity_command_checks_every_part() {
     assert!(v["checks"].as_array().unwrap().iter().all(|c| c["rel_err"].as_f64().unwrap() > 1e-4), "f16 arithmetic, not f32: {v}");
     let _ = std::fs::remove_file(&json);
     common::assert_one_line_error(&run(&["--precision", "bf16"]), "no bf16 matmul");
+
+    // DDREP_GPU_CONV=im2col (the GPU backends' alternative convolution path) on burn-candle:
+    // within the f16 tolerance too; an unknown value is a one-line error before any work.
+    let with_conv = |v: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ddrep"))
+            .args(["parity", "--fixtures", fixtures.to_str().unwrap(), "--precision", "f16"])
+            .env("DDREP_GPU_CONV", v)
+            .output()
+            .unwrap()
+    };
+    let o = with_conv("im2col");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && stdout.contains("all 8 checks within 1e-2"), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    common::assert_one_line_error(&with_conv("fast"), "DDREP_GPU_CONV=\"fast\": expected `native` (the default) or `im2col`");
 }

@@ -86,12 +86,33 @@ pub struct Conv2d<B: Backend> {
     dims: [usize; 3],
     stride: usize,
     padding: usize,
-    /// Backend path: use im2col + matmul where it beats the backend's direct convolution.
-    gemm: bool,
+    /// Backend path: im2col + matmul for stride-1 "same" convs up to this many pixels (1x1 at any size);
+    /// 0: never.
+    gemm_max_pixels: usize,
 }
 
 /// Largest H*W for which stride-1 convs go through im2col + matmul on a non-f32 CPU backend.
 const GEMM_MAX_PIXELS: usize = 32 * 32;
+
+/// Environment switch for the convolutions of GPU (cubecl) backends: `native` (default:
+/// burn's conv2d, whose autotune may pick burn-cubecl 0.20.1's direct kernel, which
+/// accumulates in the tensor's precision and uses no tensor cores: the top kernel of the
+/// H200 profile in tools/bench/README.md) or `im2col` (every stride-1 "same" conv as im2col +
+/// one matmul on the tensor cores, f32 accumulation; more memory). Not yet timed on a GPU.
+pub const GPU_CONV_ENV: &str = "DDREP_GPU_CONV";
+
+/// The value of [`GPU_CONV_ENV`]: `Ok(true)` for im2col, an error naming the variable for
+/// anything but `native`, `im2col` or unset.
+pub fn gpu_conv_im2col() -> Result<bool, String> {
+    match std::env::var(GPU_CONV_ENV) {
+        Err(_) => Ok(false),
+        Ok(v) => match v.as_str() {
+            "" | "native" => Ok(false),
+            "im2col" => Ok(true),
+            other => Err(format!("{GPU_CONV_ENV}={other:?}: expected `native` (the default) or `im2col`")),
+        },
+    }
+}
 
 impl<B: Backend> Conv2d<B> {
     pub fn load(
@@ -111,8 +132,16 @@ impl<B: Backend> Conv2d<B> {
             stride,
             padding,
             // burn-ndarray's direct conv is 2-4x slower than its gemm at SD's low-resolution,
-            // high-channel levels (1280 ch at 8x8 to 32x32); GPU backends keep their kernels.
-            gemm: B::name(ld.device()).contains("ndarray"),
+            // high-channel levels (1280 ch at 8x8 to 32x32), so it takes im2col up to
+            // GEMM_MAX_PIXELS; other backends keep their kernels unless DDREP_GPU_CONV=im2col
+            // (checked with a one-line error when the CLI starts).
+            gemm_max_pixels: if B::name(ld.device()).contains("ndarray") {
+                GEMM_MAX_PIXELS
+            } else if gpu_conv_im2col().unwrap_or(false) {
+                usize::MAX
+            } else {
+                0
+            },
         }
     }
 
@@ -196,10 +225,10 @@ impl<B: Backend> Conv2d<B> {
         };
         let [n, c, h, wd] = x.dims();
         let [o, _, k] = self.dims;
-        if self.gemm
+        if self.gemm_max_pixels > 0
             && self.stride == 1
             && 2 * self.padding + 1 == k
-            && (k == 1 || h * wd <= GEMM_MAX_PIXELS)
+            && (k == 1 || h * wd <= self.gemm_max_pixels)
         {
             // im2col: the k*k shifted copies of the padded input, ordered (c, ky, kx) like
             // the weight's flattening, then one matmul.
