@@ -7,12 +7,14 @@
 #   sample   `ddrep sample --method ddrep` end to end on the tiny model in f16;
 #   profile  one SD1.5-size UNet eval (f16) with cubecl's kernel profiler: time per kernel;
 #   fusion   the cuda-fusion binary: parity f16 and f32, and `ddrep bench unet` f16;
+#   im2col   DDREP_GPU_CONV=im2col (convs as im2col + tensor-core matmul): parity f16 and f32,
+#            and `ddrep bench unet` f16;
 #   bench    `ddrep bench unet` in each of BENCH_PRECISIONS (default f16 f32 bf16), diffusers
 #            beside it on the same card in the same dtype (ddrep prints the ratio).
-# Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 7.
+# Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 8.
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=" ${STEPS:-dparity parity sample profile fusion bench} "
+STEPS=" ${STEPS:-dparity parity sample profile fusion im2col bench} "
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
@@ -82,16 +84,20 @@ try:
 except OSError as e:
     raise SystemExit(f"no profile log: {e}")
 blocks = [b for b in text.split("⎺") if "Total" in b]
-print(f"{len(blocks)} profile tables; the last (last SD1.5 eval), first 45 rows, names cut to 150 characters:")
+print(f"{len(blocks)} profile tables; the last (last SD1.5 eval), first 45 rows (name | time | launches | share):")
 for line in blocks[-1].splitlines()[:48] if blocks else []:
-    print(line[:150] + (" ..." if len(line) > 150 else "") if not line.startswith("| Total") else line)
-tot = [l for l in blocks[-1].splitlines() if l.startswith("| Total")] if blocks else []
-print("\n".join(tot))
+    if line.startswith("| "):
+        cells = [re.sub(r"\s+", " ", c).strip() for c in line.strip().strip("|").split(" | ")]
+        print(" | ".join(c if i else c[:110] for i, c in enumerate(cells)))
 EOF
 fi
 if want fusion && [ -x "$BF" ]; then
     for p in f16 f32; do step fusion.txt 45 "$BF" parity --device cuda --precision "$p"; done
     step fusion.txt 120 "$BF" $BENCH --precision f16
+fi
+if want im2col; then
+    for p in f16 f32; do DDREP_GPU_CONV=im2col step im2col.txt 45 "$B" parity --device cuda --precision "$p"; done
+    DDREP_GPU_CONV=im2col step im2col.txt 120 "$B" $BENCH --precision f16
 fi
 if want bench; then
     for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do step bench.txt 150 "$B" $BENCH --precision "$p"; done
