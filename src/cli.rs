@@ -240,7 +240,6 @@ fn method_spec(a: &SampleArgs) -> Result<MethodSpec> {
     Ok(spec)
 }
 
-
 pub fn sample(a: &SampleArgs) -> Result<()> {
     // Validate everything before any work or any file is written.
     let spec = method_spec(a)?;

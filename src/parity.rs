@@ -57,9 +57,9 @@ pub struct Check {
 pub fn parity(a: &ParityArgs) -> Result<()> {
     // On the CPU, f16 runs on burn-candle (real f16 arithmetic, slow): a check of the
     // half-precision model code without a GPU. Candle's CPU matmul has no bf16.
-    let cpu_half: Precision = a.precision.parse()?;
-    let (precision, checks) = match (a.device.as_str(), cpu_half) {
-        ("cpu", Precision::F16) => (cpu_half, run_checks::<burn_candle::Candle<half::f16>>(&a.fixtures, &Default::default())?),
+    let requested: Precision = a.precision.parse()?;
+    let (precision, checks) = match (a.device.as_str(), requested) {
+        ("cpu", Precision::F16) => (requested, run_checks::<burn_candle::Candle<half::f16>>(&a.fixtures, &Default::default())?),
         ("cpu", Precision::Bf16) => bail!("--precision bf16 needs --device cuda: the CPU's half-precision backend (burn-candle) has no bf16 matmul; f16 works on the CPU"),
         _ => {
             let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;

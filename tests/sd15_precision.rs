@@ -128,9 +128,15 @@ fn half_precision_on_the_cpu_is_a_one_line_error() {
 fn parity_command_checks_every_part() {
     let fixtures = model_dir().parent().unwrap().to_path_buf();
     let json = std::env::temp_dir().join(format!("ddrep-parity-{}.json", std::process::id()));
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ddrep")).args(["parity", "--fixtures", fixtures.to_str().unwrap()]).args(extra).output().unwrap()
+    let run_env = |extra: &[&str], envs: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_ddrep"))
+            .args(["parity", "--fixtures", fixtures.to_str().unwrap()])
+            .args(extra)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap()
     };
+    let run = |extra: &[&str]| run_env(extra, &[]);
     let o = run(&["--json", json.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
@@ -161,13 +167,7 @@ fn parity_command_checks_every_part() {
 
     // DDREP_GPU_CONV=im2col (the GPU backends' alternative convolution path) on burn-candle:
     // within the f16 tolerance too; an unknown value is a one-line error before any work.
-    let with_conv = |v: &str| {
-        Command::new(env!("CARGO_BIN_EXE_ddrep"))
-            .args(["parity", "--fixtures", fixtures.to_str().unwrap(), "--precision", "f16"])
-            .env("DDREP_GPU_CONV", v)
-            .output()
-            .unwrap()
-    };
+    let with_conv = |v: &str| run_env(&["--precision", "f16"], &[("DDREP_GPU_CONV", v)]);
     let o = with_conv("im2col");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && stdout.contains("all 8 checks within 1e-2"), "{stdout}{}", String::from_utf8_lossy(&o.stderr));

@@ -450,7 +450,6 @@ fn load_sd15_sized<L: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &
     Ok(m)
 }
 
-
 struct Outcome<'a> {
     computed: usize,
     nfe: usize,
