@@ -252,6 +252,7 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
     let mut ld = Loader::<B>::random("unet", &device);
     let unet = UNet2DConditionModel::load(&mut ld, cfg)?;
     let params = ld.num_params();
+    ld.finish(false)?;
     let s = sample_size(cfg);
     let shape = [UNET_BATCH, cfg.in_channels, s, s];
     let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);

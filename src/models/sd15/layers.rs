@@ -95,10 +95,11 @@ pub struct Conv2d<B: Backend> {
 const GEMM_MAX_PIXELS: usize = 32 * 32;
 
 /// Environment switch for the convolutions of GPU (cubecl) backends: `native` (default:
-/// burn's conv2d, whose autotune may pick burn-cubecl 0.20.1's direct kernel, which
-/// accumulates in the tensor's precision and uses no tensor cores: the top kernel of the
-/// H200 profile in tools/bench/README.md) or `im2col` (every stride-1 "same" conv as im2col +
-/// one matmul on the tensor cores, f32 accumulation; more memory). Not yet timed on a GPU.
+/// burn's conv2d, autotuned between burn-cubecl's direct kernel and its implicit-GEMM
+/// tensor-core kernels) or `im2col` (every stride-1 "same" conv as im2col + one matmul on the
+/// tensor cores, f32 accumulation; more memory). Read once per model part by the `Loader`; an
+/// unknown value is an error from `Loader::finish` (and when the CLI starts). Not yet timed on
+/// a GPU.
 pub const GPU_CONV_ENV: &str = "DDREP_GPU_CONV";
 
 /// The value of [`GPU_CONV_ENV`]: `Ok(true)` for im2col, an error naming the variable for
@@ -134,10 +135,10 @@ impl<B: Backend> Conv2d<B> {
             // burn-ndarray's direct conv is 2-4x slower than its gemm at SD's low-resolution,
             // high-channel levels (1280 ch at 8x8 to 32x32), so it takes im2col up to
             // GEMM_MAX_PIXELS; other backends keep their kernels unless DDREP_GPU_CONV=im2col
-            // (checked with a one-line error when the CLI starts).
+            // (read by the Loader, which reports an unknown value).
             gemm_max_pixels: if B::name(ld.device()).contains("ndarray") {
                 GEMM_MAX_PIXELS
-            } else if gpu_conv_im2col().unwrap_or(false) {
+            } else if ld.gpu_conv_im2col() {
                 usize::MAX
             } else {
                 0

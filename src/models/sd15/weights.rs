@@ -99,6 +99,9 @@ pub struct Loader<B: Backend> {
     expected: Vec<(String, Vec<usize>)>,
     problems: Vec<String>,
     used: BTreeSet<String>,
+    /// `DDREP_GPU_CONV`, read once per part: whether GPU backends run convs as im2col + matmul,
+    /// or the one-line error for an unknown value (reported by `finish`).
+    gpu_conv_im2col: std::result::Result<bool, String>,
 }
 
 impl<B: Backend> Loader<B> {
@@ -122,6 +125,7 @@ impl<B: Backend> Loader<B> {
             expected: Vec::new(),
             problems: Vec::new(),
             used: BTreeSet::new(),
+            gpu_conv_im2col: super::layers::gpu_conv_im2col(),
         }
     }
 
@@ -191,6 +195,12 @@ impl<B: Backend> Loader<B> {
         &self.device
     }
 
+    /// Whether `DDREP_GPU_CONV=im2col` asks GPU backends for im2col convolutions (an unknown
+    /// value reads as `native` here and is an error in `finish`).
+    pub fn gpu_conv_im2col(&self) -> bool {
+        matches!(self.gpu_conv_im2col, Ok(true))
+    }
+
     /// Every tensor asked for so far, with its expected shape.
     pub fn expected(&self) -> &[(String, Vec<usize>)] {
         &self.expected
@@ -214,6 +224,9 @@ impl<B: Backend> Loader<B> {
     /// Ends loading: one error listing every missing, mis-shaped or mistyped tensor (and, when
     /// `strict`, every extra one), or Ok.
     pub fn finish(self, strict: bool) -> Result<()> {
+        if let Err(e) = &self.gpu_conv_im2col {
+            bail!("{e}");
+        }
         let mut problems = self.problems.clone();
         let mut fixes = Vec::new();
         if problems.iter().any(|p| p.contains(": dtype ")) {
