@@ -16,6 +16,27 @@ pub type CudaF16 = burn::backend::Cuda<half::f16, i32>;
 #[cfg(feature = "cuda")]
 pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 
+/// Where cubecl (burn's GPU kernels) keeps its autotune picks. Its default is a `target/`
+/// folder beside the nearest `Cargo.toml` above the working directory, else in the working
+/// directory itself: a research run would leave a `target/` wherever it was started. Unless a
+/// `cubecl.toml` (cubecl's own config file, looked up the same way) says otherwise, the picks go
+/// to `<ddrep cache dir>/cubecl` instead. Call before the first GPU tensor (cubecl reads its
+/// config once); later calls do nothing.
+#[cfg(feature = "cuda")]
+pub fn configure_gpu_kernels() {
+    use burn::cubecl::config::{cache::CacheConfig, GlobalConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let has_toml = std::env::current_dir().ok().is_some_and(|d| {
+            d.ancestors().any(|a| a.join("cubecl.toml").is_file() || a.join("CubeCL.toml").is_file())
+        });
+        let Some(dir) = crate::io::cache_dir().filter(|_| !has_toml) else { return };
+        let mut config = GlobalConfig::default().override_from_env();
+        config.autotune.cache = CacheConfig::File(dir.join("cubecl"));
+        GlobalConfig::set(config);
+    });
+}
+
 /// Checks a `--device` name against this build and, for `cuda`, that the NVIDIA driver
 /// library can be loaded: cudarc panics at the first tensor when it cannot, so a machine
 /// without a driver gets this one-line error instead.

@@ -13,6 +13,18 @@ use crate::diffrep::NamedTensor;
 pub const GIT_COMMIT: &str = env!("DDREP_GIT_COMMIT");
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// ddrep's cache folder (weight-file hashes; GPU kernel autotune picks): `$DDREP_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/ddrep`, else `~/.cache/ddrep`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DDREP_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("ddrep"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("ddrep"))
+}
+
 /// Writes `bytes` to `path` atomically (temporary sibling, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -106,3 +106,5 @@ if want im2col; then
     for p in f16 f32; do DDREP_GPU_CONV=im2col step im2col.txt 45 "$B" parity --device cuda --precision "$p"; done
     DDREP_GPU_CONV=im2col step im2col.txt 180 "$B" $BENCH --precision f16
 fi
+# Where the autotune picks went (ddrep's cache dir unless a cubecl.toml was present).
+{ echo "autotune cache files:"; find "${DDREP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ddrep}/cubecl" target -path '*autotune*' -type f 2>/dev/null | head -20; } >> "$OUT/gpu.txt"

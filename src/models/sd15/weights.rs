@@ -265,7 +265,7 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
     if let Some(h) = MEMO.lock().unwrap().get_or_insert_with(HashMap::new).get(&key) {
         return Ok(h.clone());
     }
-    let disk = cache_dir().map(|d| d.join("sha256.json"));
+    let disk = crate::io::cache_dir().map(|d| d.join("sha256.json"));
     let mut table: HashMap<String, String> = disk
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
@@ -294,13 +294,3 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
     Ok(hash)
 }
 
-/// `$DDREP_CACHE_DIR`, else `$XDG_CACHE_HOME/ddrep`, else `~/.cache/ddrep`.
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("DDREP_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("ddrep"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("ddrep"))
-}
