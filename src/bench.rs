@@ -203,6 +203,8 @@ fn repo_file(rel: &str) -> std::path::PathBuf {
 const UNET_BATCH: usize = 2;
 
 struct UnetTiming {
+    /// The first (warm-up) eval: on GPU backends it includes kernel compilation and autotune.
+    first_s: f64,
     median_s: f64,
     min_s: f64,
     evals: usize,
@@ -259,6 +261,7 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
     let ctx = Tensor::<B, 3>::random([UNET_BATCH, 77, cross_dim(cfg)], Distribution::Normal(0.0, 1.0), &device);
     let ts = vec![500.0; UNET_BATCH];
     let mut times = Vec::new();
+    let mut first_s = f64::NAN;
     for i in 0..warmup + evals {
         let t = Instant::now();
         let eps = unet.forward(x.clone(), &ts, ctx.clone())?;
@@ -267,11 +270,15 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
         // the kernel-time summary of this eval.
         crate::tensor_util::ensure_finite(&eps, || "the benchmark UNet output".into())?;
         B::sync(&device).map_err(|e| anyhow::anyhow!("the benchmark UNet eval failed on the device: {e:?}"))?;
+        if i == 0 {
+            first_s = t.elapsed().as_secs_f64();
+        }
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
     }
     Ok(UnetTiming {
+        first_s,
         median_s: median(&times),
         min_s: times.iter().cloned().fold(f64::INFINITY, f64::min),
         evals,
@@ -344,6 +351,9 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
                 notes.push(format!("{name}: ratio ddrep / diffusers (median time per eval) = {:.2}", ours.median_s / ts));
             }
             Err(why) => notes.push(format!("{name}: diffusers reference skipped ({why})")),
+        }
+        if a.device != "cpu" {
+            notes.push(format!("{name}: first ddrep eval {:.2} s (compiles and autotunes the kernels this process had not yet run)", ours.first_s));
         }
     }
     println!();
