@@ -58,6 +58,8 @@ step() {
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
 }
+# ddrep's autotune cache (src/backend.rs configure_gpu_kernels: <cache dir>/cubecl).
+TUNE_DIR="${DDREP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ddrep}/cubecl"
 BENCH="bench unet --device cuda --warmup 3 --evals 20 --full-evals 10 --python python3"
 
 want dparity && step diffusers_parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda
@@ -80,7 +82,9 @@ if want profile; then
     # cubecl reads cubecl.toml from the working directory: profile only this step. Each device
     # sync (one per eval in the bench) prints the table of kernel times since the last one;
     # the last table is the last full SD1.5 eval.
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/cubecl-profile.log"\nappend = true\n' > cubecl.toml
+    # The [autotune] line keeps the picks where ddrep puts them without a cubecl.toml, so the
+    # bench step's tuning is reused (checked with cubecl-runtime 0.9.0's own parser).
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/cubecl-profile.log"\nappend = true\n[autotune]\ncache = { file = "%s" }\n' "$TUNE_DIR" > cubecl.toml
     rm -f /tmp/cubecl-profile.log
     step profile.txt 150 "$B" bench unet --device cuda --precision f16 --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
     rm -f cubecl.toml
@@ -106,5 +110,5 @@ if want im2col; then
     for p in f16 f32; do DDREP_GPU_CONV=im2col step im2col.txt 45 "$B" parity --device cuda --precision "$p"; done
     DDREP_GPU_CONV=im2col step im2col.txt 180 "$B" $BENCH --precision f16
 fi
-# Where the autotune picks went (ddrep's cache dir unless a cubecl.toml was present).
-{ echo "autotune cache files:"; find "${DDREP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ddrep}/cubecl" target -path '*autotune*' -type f 2>/dev/null | head -20; } >> "$OUT/gpu.txt"
+# Where the autotune picks went.
+{ echo "autotune cache files:"; find "$TUNE_DIR" target -path '*autotune*' -type f 2>/dev/null | head -20; } >> "$OUT/gpu.txt"
