@@ -64,7 +64,7 @@ BENCH="bench unet --device cuda --warmup 3 --evals 20 --full-evals 10 --python p
 
 want dparity && step diffusers_parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda
 if want parity; then
-    for p in f32 f16 bf16; do step parity.txt 45 "$B" parity --device cuda --precision "$p"; done
+    for p in f32 f16 bf16; do step parity.txt 90 "$B" parity --device cuda --precision "$p"; done
 fi
 if want sample; then
     rm -rf /tmp/ddrep-gpu-sample
@@ -103,11 +103,11 @@ for line in blocks[-1].splitlines()[:48] if blocks else []:
 EOF
 fi
 if want fusion && [ -x "$BF" ]; then
-    for p in f16 f32; do step fusion.txt 45 "$BF" parity --device cuda --precision "$p"; done
+    for p in f16 f32; do step fusion.txt 90 "$BF" parity --device cuda --precision "$p"; done
     step fusion.txt 180 "$BF" $BENCH --precision f16
 fi
 if want im2col; then
-    for p in f16 f32; do DDREP_GPU_CONV=im2col step im2col.txt 45 "$B" parity --device cuda --precision "$p"; done
+    for p in f16 f32; do DDREP_GPU_CONV=im2col step im2col.txt 90 "$B" parity --device cuda --precision "$p"; done
     DDREP_GPU_CONV=im2col step im2col.txt 180 "$B" $BENCH --precision f16
 fi
 # Where the autotune picks went.
