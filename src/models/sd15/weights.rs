@@ -293,4 +293,3 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
     MEMO.lock().unwrap().get_or_insert_with(HashMap::new).insert(key, hash.clone());
     Ok(hash)
 }
-
