@@ -421,8 +421,7 @@ const ATTENTION_BLOCK_ELEMS: usize = 1 << 27;
 /// queries so that a 64x64 latent's 4096 x 4096 scores per head are never one tensor. Not
 /// burn's fused `attention`: in burn 0.20.1 its CUDA kernel (cubek flash attention) always
 /// applies a causal mask (`causal: true` in burn-cubecl's `flash_attention`), wrong for every
-/// attention in SD1.5. In half precision the softmax's exponentials, sums and division run in
-/// f32, as PyTorch's attention accumulates.
+/// attention in SD1.5.
 fn blocked_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 4> {
     blocked_attention_within(q, k, v, mask, ATTENTION_BLOCK_ELEMS)
 }
@@ -448,16 +447,19 @@ fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
             let m = if m.dims()[2] == lq && lq > 1 { m.clone().narrow(2, start, len) } else { m.clone() };
             scores = scores.mask_fill(m, f32::NEG_INFINITY);
         }
-        // exp(s - max) and its row sums in f32 (PyTorch's attention accumulates in f32).
-        let scores = match half {
-            Some(_) => scores.cast(FloatDType::F32),
-            None => scores,
-        };
+        // exp(s - max) in (0, 1] stays in the working precision. In half precision its row
+        // sums (up to L = 4096 terms, which an f16 accumulator would stall on) and the division
+        // run in f32, as PyTorch's attention accumulates.
         let exps = (scores.clone() - scores.max_dim(3)).exp();
-        let sums = exps.clone().sum_dim(3);
         let out = match half {
-            Some(h) => (exps.cast(h).matmul(v.clone()).cast(FloatDType::F32) / sums).cast(h),
-            None => exps.matmul(v.clone()) / sums,
+            Some(h) => {
+                let sums = exps.clone().cast(FloatDType::F32).sum_dim(3);
+                (exps.matmul(v.clone()).cast(FloatDType::F32) / sums).cast(h)
+            }
+            None => {
+                let sums = exps.clone().sum_dim(3);
+                exps.matmul(v.clone()) / sums
+            }
         };
         outs.push(out);
         start += len;
@@ -565,6 +567,33 @@ mod tests {
 
     /// Attention in blocks of queries equals its f64 definition, unmasked (non-causal: every
     /// query sees every key) and with a causal mask cut per block, in f32 and in f16.
+    /// A 64x64 latent's self-attention row has 4096 keys: with nearly flat scores the
+    /// softmax's row sum reaches ~4096, where f16's spacing is 4 and an f16 accumulator stalls
+    /// (adding 1 to 2048 gives 2048). Sums and division must run in f32 there.
+    #[test]
+    fn blocked_attention_long_rows_in_f16() {
+        type H = burn_candle::Candle<half::f16>;
+        let (lq, lk, d) = (3, 4096, 4);
+        let dev = Default::default();
+        let q: Vec<f32> = (0..lq * d).map(|i| ((i % 5) as f32 - 2.0) * 0.05).collect();
+        let k: Vec<f32> = (0..lk * d).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.05).collect();
+        let v: Vec<f32> = (0..lk * d).map(|i| ((i * 5 % 11) as f32) / 10.0).collect();
+        let t = |x: &Vec<f32>, l: usize| Tensor::<H, 4>::from_data(TensorData::new(x.clone(), [1, 1, l, d]), &dev);
+        let got: Vec<f32> = blocked_attention_within(t(&q, lq), t(&k, lk), t(&v, lk), None, usize::MAX).into_data().convert::<f32>().into_vec().unwrap();
+        // Reference in f64 from the f16-rounded inputs.
+        let r = |x: f32| half::f16::from_f32(x).to_f64();
+        for i in 0..lq {
+            let s: Vec<f64> = (0..lk).map(|j| (0..d).map(|c| r(q[i * d + c]) * r(k[j * d + c])).sum::<f64>() / (d as f64).sqrt()).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for c in 0..d {
+                let want: f64 = (0..lk).map(|j| (s[j] - m).exp() / z * r(v[j * d + c])).sum();
+                let g = got[i * d + c] as f64;
+                assert!((g - want).abs() <= 5e-3 * want.abs().max(1.0), "[{i},{c}] {g} vs {want}");
+            }
+        }
+    }
+
     #[test]
     fn blocked_attention_matches_its_definition() {
         fn run<B: Backend>(max_elems: usize, causal: bool, tol: f64) {
