@@ -75,7 +75,7 @@ if want sample; then
 fi
 if want bench; then
     # The first SD1.5 process autotunes every conv, matmul and reduction shape in its warm-up
-    # evals (picks are cached under ./target, so later processes of the same binary reuse them).
+    # evals (picks are kept in $TUNE_DIR, so later processes of the same binary reuse them).
     for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do step bench.txt 240 "$B" $BENCH --precision "$p"; done
 fi
 if want profile; then

@@ -451,15 +451,11 @@ fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         // sums (up to L = 4096 terms, which an f16 accumulator would stall on) and the division
         // run in f32, as PyTorch's attention accumulates.
         let exps = (scores.clone() - scores.max_dim(3)).exp();
+        let to_f32 = |t: Tensor<B, 4>| if half.is_some() { t.cast(FloatDType::F32) } else { t };
+        let out = to_f32(exps.clone().matmul(v.clone())) / to_f32(exps).sum_dim(3);
         let out = match half {
-            Some(h) => {
-                let sums = exps.clone().cast(FloatDType::F32).sum_dim(3);
-                (exps.matmul(v.clone()).cast(FloatDType::F32) / sums).cast(h)
-            }
-            None => {
-                let sums = exps.clone().sum_dim(3);
-                exps.matmul(v.clone()) / sums
-            }
+            Some(h) => out.cast(h),
+            None => out,
         };
         outs.push(out);
         start += len;
@@ -565,8 +561,23 @@ mod tests {
     use super::*;
     use crate::backend::Cpu;
 
-    /// Attention in blocks of queries equals its f64 definition, unmasked (non-causal: every
-    /// query sees every key) and with a causal mask cut per block, in f32 and in f16.
+    /// `softmax(q k^T / sqrt(d)) v` in f64 for one head (`q` is `[lq, d]`, `k` and `v` are
+    /// `[lk, d]`, row-major), query `i` seeing the keys `j` with `visible(i, j)`.
+    fn attention_f64(q: &[f64], k: &[f64], v: &[f64], d: usize, visible: impl Fn(usize, usize) -> bool) -> Vec<f64> {
+        let (lq, lk) = (q.len() / d, k.len() / d);
+        let mut out = vec![0.0; lq * d];
+        for i in 0..lq {
+            let keys: Vec<usize> = (0..lk).filter(|&j| visible(i, j)).collect();
+            let s: Vec<f64> = keys.iter().map(|&j| (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<f64>() / (d as f64).sqrt()).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for c in 0..d {
+                out[i * d + c] = keys.iter().zip(&s).map(|(&j, x)| (x - m).exp() / z * v[j * d + c]).sum();
+            }
+        }
+        out
+    }
+
     /// A 64x64 latent's self-attention row has 4096 keys: with nearly flat scores the
     /// softmax's row sum reaches ~4096, where f16's spacing is 4 and an f16 accumulator stalls
     /// (adding 1 to 2048 gives 2048). Sums and division must run in f32 there.
@@ -581,19 +592,16 @@ mod tests {
         let t = |x: &Vec<f32>, l: usize| Tensor::<H, 4>::from_data(TensorData::new(x.clone(), [1, 1, l, d]), &dev);
         let got: Vec<f32> = blocked_attention_within(t(&q, lq), t(&k, lk), t(&v, lk), None, usize::MAX).into_data().convert::<f32>().into_vec().unwrap();
         // Reference in f64 from the f16-rounded inputs.
-        let r = |x: f32| half::f16::from_f32(x).to_f64();
-        for i in 0..lq {
-            let s: Vec<f64> = (0..lk).map(|j| (0..d).map(|c| r(q[i * d + c]) * r(k[j * d + c])).sum::<f64>() / (d as f64).sqrt()).collect();
-            let m = s.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-            for c in 0..d {
-                let want: f64 = (0..lk).map(|j| (s[j] - m).exp() / z * r(v[j * d + c])).sum();
-                let g = got[i * d + c] as f64;
-                assert!((g - want).abs() <= 5e-3 * want.abs().max(1.0), "[{i},{c}] {g} vs {want}");
-            }
+        let r = |x: &Vec<f32>| x.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect::<Vec<f64>>();
+        let want = attention_f64(&r(&q), &r(&k), &r(&v), d, |_, _| true);
+        for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let (i, c) = (idx / d, idx % d);
+            assert!((g as f64 - w).abs() <= 5e-3 * w.abs().max(1.0), "[{i},{c}] {g} vs {w}");
         }
     }
 
+    /// Attention in blocks of queries equals its f64 definition, unmasked (non-causal: every
+    /// query sees every key) and with a causal mask cut per block, in f32 and in f16.
     #[test]
     fn blocked_attention_matches_its_definition() {
         fn run<B: Backend>(max_elems: usize, causal: bool, tol: f64) {
@@ -606,16 +614,12 @@ mod tests {
             let mask = causal.then(|| Tensor::<B, 4, Bool>::from_data(TensorData::new((0..l * l).map(|k| k % l > k / l).collect::<Vec<bool>>(), [1, 1, l, l]), &dev));
             let got: Vec<f32> = blocked_attention_within(t(&qv), t(&kv), t(&vv), mask, max_elems).into_data().convert::<f32>().into_vec().unwrap();
             for b in 0..n * h {
+                let head = |v: &Vec<f32>| v[b * l * d..(b + 1) * l * d].iter().map(|&x| x as f64).collect::<Vec<f64>>();
+                let want = attention_f64(&head(&qv), &head(&kv), &head(&vv), d, |i, j| !causal || j <= i);
                 for i in 0..l {
-                    let at = |v: &Vec<f32>, j: usize, c: usize| v[(b * l + j) * d + c] as f64;
-                    let keys: Vec<usize> = (0..l).filter(|&j| !causal || j <= i).collect();
-                    let s: Vec<f64> = keys.iter().map(|&j| (0..d).map(|c| at(&qv, i, c) * at(&kv, j, c)).sum::<f64>() / (d as f64).sqrt()).collect();
-                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                     for c in 0..d {
-                        let want: f64 = keys.iter().zip(&s).map(|(&j, x)| (x - m).exp() / z * at(&vv, j, c)).sum();
-                        let g = got[(b * l + i) * d + c] as f64;
-                        assert!((g - want).abs() <= tol, "{} block elems {max_elems} causal {causal}: [{b},{i},{c}] {g} vs {want}", std::any::type_name::<B>());
+                        let (g, w) = (got[(b * l + i) * d + c] as f64, want[i * d + c]);
+                        assert!((g - w).abs() <= tol, "{} block elems {max_elems} causal {causal}: [{b},{i},{c}] {g} vs {w}", std::any::type_name::<B>());
                     }
                 }
             }
