@@ -5,24 +5,32 @@ pub type Cpu = burn::backend::NdArray<f32>;
 /// The CPU backend with autodiff, for diffrep fits.
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
 /// SD1.5 in half precision on the GPU (`--precision f16`): weights and activations in fp16.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 pub type CudaF16 = burn::backend::Cuda<half::f16, i32>;
 /// SD1.5 in bfloat16 on the GPU (`--precision bf16`).
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 
-/// Where cubecl (burn's GPU kernels) keeps its autotune picks. Its default is a `target/`
-/// folder beside the nearest `Cargo.toml` above the working directory, else in the working
-/// directory itself: a research run would leave a `target/` wherever it was started. Unless a
-/// `cubecl.toml` (cubecl's own config file, looked up the same way) says otherwise, the picks go
-/// to `<ddrep cache dir>/cubecl` instead. Call before the first GPU tensor (cubecl reads its
-/// config once); later calls do nothing.
-#[cfg(feature = "cuda")]
+/// Where cubecl (burn's GPU kernels) keeps its autotune picks and its compiled kernels.
+/// cubecl's defaults: autotune picks in a `target/` folder beside the nearest `Cargo.toml` above
+/// the working directory (else in the working directory: a research run would leave a
+/// `target/` wherever it was started), and no cache of compiled kernels at all, so every
+/// process JIT-compiles every kernel again (NVRTC, about 0.8 s of one CPU core per kernel on
+/// the lent H200; autotune compiles every candidate of every new shape). Unless a `cubecl.toml`
+/// (cubecl's own config file, looked up the same way) says otherwise, both go to
+/// `<ddrep cache dir>/cubecl`: `autotune/<cubecl version>/<device>/*.json.log` and
+/// `<gpu tag>/cuda/<cubecl version>/ptx.json.log`, append-only files that cubecl locks per
+/// write, so concurrent runs share them and a killed run keeps what it had finished. cubecl
+/// keys compiled kernels by kernel alone, so the PTX goes under a folder named for the GPU's
+/// architecture and the driver ([`gpu_tag`]): PTX built for one would not load on another; no
+/// PTX cache when that cannot be read. Call before the first GPU tensor (cubecl reads its config
+/// once); later calls do nothing.
+#[cfg(feature = "cuda-base")]
 pub fn configure_gpu_kernels() {
     use burn::cubecl::config::{cache::CacheConfig, GlobalConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -33,8 +41,60 @@ pub fn configure_gpu_kernels() {
         let Some(dir) = crate::io::cache_dir().filter(|_| !has_toml) else { return };
         let mut config = GlobalConfig::default().override_from_env();
         config.autotune.cache = CacheConfig::File(dir.join("cubecl"));
+        config.compilation.cache = gpu_tag().map(|tag| CacheConfig::File(dir.join("cubecl").join(tag)));
+        // DDREP_GPU_PROFILE=FILE: cubecl's kernel profiler appends a table of time per kernel
+        // to FILE at each device sync (`ddrep bench unet` syncs once per eval).
+        if let Some(file) = std::env::var_os("DDREP_GPU_PROFILE").filter(|f| !f.is_empty()) {
+            config.profiling.logger.level = burn::cubecl::config::profiling::ProfilingLogLevel::Basic;
+            config.profiling.logger.file = Some(file.into());
+        }
         GlobalConfig::set(config);
     });
+}
+
+/// `ptx-sm<major><minor>-driver<version>` for CUDA device 0 (the one `--device cuda` uses),
+/// read from the driver library directly, before cubecl starts; `None` without a driver or GPU.
+#[cfg(feature = "cuda-base")]
+fn gpu_tag() -> Option<String> {
+    use libloading::{Library, Symbol};
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type DriverVersion = unsafe extern "C" fn(*mut i32) -> i32;
+    type DeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type DeviceAttribute = unsafe extern "C" fn(*mut i32, i32, i32) -> i32;
+    // CUdevice_attribute values of the compute capability (cuda.h).
+    const MAJOR: i32 = 75;
+    const MINOR: i32 = 76;
+    // SAFETY: the CUDA driver API's documented signatures; every call is checked for
+    // CUDA_SUCCESS (0) before its output is read. The library stays loaded (cudarc loads it
+    // again for cubecl; unloading an initialised driver is not something to rely on).
+    unsafe {
+        let lib = ["libcuda.so.1", "libcuda.so"].iter().find_map(|n| Library::new(n).ok())?;
+        let tag = (|| {
+            let init: Symbol<Init> = lib.get(b"cuInit\0").ok()?;
+            let driver_version: Symbol<DriverVersion> = lib.get(b"cuDriverGetVersion\0").ok()?;
+            let device_get: Symbol<DeviceGet> = lib.get(b"cuDeviceGet\0").ok()?;
+            let attribute: Symbol<DeviceAttribute> = lib.get(b"cuDeviceGetAttribute\0").ok()?;
+            let (mut version, mut device, mut major, mut minor) = (0, 0, 0, 0);
+            let ok = init(0) == 0
+                && driver_version(&mut version) == 0
+                && device_get(&mut device, 0) == 0
+                && attribute(&mut major, MAJOR, device) == 0
+                && attribute(&mut minor, MINOR, device) == 0;
+            ok.then(|| format!("ptx-sm{major}{minor}-driver{version}"))
+        })();
+        std::mem::forget(lib);
+        tag
+    }
+}
+
+/// How this build picks its GPU kernels, for reports: burn's autotune (`cuda`) or
+/// burn-cubecl's fixed choices (`cuda-base` alone).
+pub fn gpu_kernels() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "autotune"
+    } else {
+        "fixed kernels"
+    }
 }
 
 /// Checks a `--device` name against this build and, for `cuda`, that the NVIDIA driver
@@ -43,7 +103,7 @@ pub fn configure_gpu_kernels() {
 pub fn check_device(device: &str) -> anyhow::Result<()> {
     match device {
         "cpu" => Ok(()),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-base")]
         "cuda" => {
             for name in ["libcuda.so.1", "libcuda.so"] {
                 // SAFETY: loading the driver library runs its initialisers, as cudarc would.
@@ -53,7 +113,7 @@ pub fn check_device(device: &str) -> anyhow::Result<()> {
             }
             anyhow::bail!("--device cuda: the NVIDIA driver library (libcuda.so.1) is not found on this machine; install the driver or set LD_LIBRARY_PATH to its folder, or use --device cpu")
         }
-        other => anyhow::bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+        other => anyhow::bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda-base") { ", cuda" } else { "" }),
     }
 }
 
@@ -78,17 +138,17 @@ macro_rules! with_model_backend {
                 type $B = $crate::backend::Cpu;
                 $body
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-base")]
             ("cuda", Precision::F32) => {
                 type $B = $crate::backend::Cuda;
                 $body
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-base")]
             ("cuda", Precision::F16) => {
                 type $B = $crate::backend::CudaF16;
                 $body
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-base")]
             ("cuda", Precision::Bf16) => {
                 type $B = $crate::backend::CudaBf16;
                 $body

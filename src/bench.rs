@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// per batch-2 eval on the 2-core dev machine, about 4 minutes with diffusers).
     #[arg(long)]
     pub tiny_only: bool,
+    /// unet: skip the tiny config (on a GPU its first evals compile and autotune kernels for
+    /// shapes that SD1.5 does not share).
+    #[arg(long)]
+    pub full_only: bool,
     /// unet: backend, cpu or cuda (with the `cuda` feature); diffusers runs on the same device.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -273,6 +277,10 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
         if i == 0 {
             first_s = t.elapsed().as_secs_f64();
         }
+        if i < warmup {
+            // Progress for runs whose warm-up compiles and tunes kernels for minutes.
+            eprintln!("  warm-up eval {}/{warmup}: {:.2} s", i + 1, t.elapsed().as_secs_f64());
+        }
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -314,13 +322,19 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     if a.evals == 0 || a.full_evals == 0 {
         bail!("--evals and --full-evals must be positive");
     }
+    if a.tiny_only && a.full_only {
+        bail!("--tiny-only and --full-only leave nothing to time; give at most one");
+    }
     let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
     let threads = rayon::current_num_threads();
     let tiny_path = repo_file(TINY_UNET_CONFIG);
     let tiny: UnetConfig = crate::models::sd15::config::read_config(&tiny_path)?;
     let full: UnetConfig = serde_json::from_str(SD15_UNET_CONFIG)?;
     let full_path = std::env::temp_dir().join(format!("ddrep-bench-sd15-unet-{}.json", std::process::id()));
-    let mut runs: Vec<(&str, &UnetConfig, String, usize)> = vec![("tiny (fixture)", &tiny, tiny_path.display().to_string(), a.evals)];
+    let mut runs: Vec<(&str, &UnetConfig, String, usize)> = Vec::new();
+    if !a.full_only {
+        runs.push(("tiny (fixture)", &tiny, tiny_path.display().to_string(), a.evals));
+    }
     if !a.tiny_only {
         crate::io::write_atomic(&full_path, SD15_UNET_CONFIG.as_bytes())?;
         runs.push(("SD1.5 (random weights)", &full, full_path.display().to_string(), a.full_evals));
@@ -328,10 +342,16 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for (name, cfg, path, evals) in &runs {
-        eprintln!("timing the {name} UNet: ddrep ...");
-        let ours = time_unet(a, precision, cfg, *evals)?;
+        // diffusers first: its number is out in seconds, while ddrep's first evals on a GPU
+        // may compile kernels for minutes (a run stopped then still reports the reference).
         eprintln!("timing the {name} UNet: diffusers ...");
         let theirs = diffusers_unet(a, precision, path, *evals, threads);
+        match &theirs {
+            Ok(v) => eprintln!("  diffusers: {:.4} s/eval (median)", v["median_s"].as_f64().unwrap_or(f64::NAN)),
+            Err(why) => eprintln!("  diffusers skipped: {why}"),
+        }
+        eprintln!("timing the {name} UNet: ddrep ...");
+        let ours = time_unet(a, precision, cfg, *evals)?;
         rows.push((name.to_string(), ours, theirs));
     }
     let _ = std::fs::remove_file(&full_path);
@@ -339,7 +359,7 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     for (name, ours, theirs) in &rows {
         let shape = format!("{:?}", ours.shape);
-        let backend = if a.device == "cpu" { "ndarray".to_string() } else { format!("{} {precision}", a.device) };
+        let backend = if a.device == "cpu" { "ndarray".to_string() } else { format!("{} {precision}, {}", a.device, crate::backend::gpu_kernels()) };
         println!("| {name} | {} | {shape} | ddrep (burn 0.20.1 {backend}) | {:.4} | {:.4} | {} | {threads} |", ours.params, ours.median_s, ours.min_s, ours.evals);
         match theirs {
             Ok(v) => {
@@ -362,6 +382,9 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     }
     if a.tiny_only {
         println!("(full-size SD1.5 UNet skipped: --tiny-only)");
+    }
+    if a.full_only {
+        println!("(tiny UNet skipped: --full-only)");
     }
     Ok(())
 }

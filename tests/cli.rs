@@ -83,5 +83,6 @@ fn bad_input_gives_one_line_errors() {
     assert_eq!(std::fs::read(&f).unwrap(), b"keep me");
     assert_one_line_error(&ddrep(&["demo", "--seeds", "0", "--out", tmp("demo0").to_str().unwrap()]), "--seeds must be at least 1");
     assert_one_line_error(&ddrep(&["bench", "nerf"]), "unknown benchmark 'nerf'");
+    assert_one_line_error(&ddrep(&["bench", "unet", "--tiny-only", "--full-only"]), "leave nothing to time");
     assert_one_line_error(&ddrep(&["sample", "--bogus"]), "unexpected argument");
 }

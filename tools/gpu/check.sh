@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
 # The GPU half of issue #4, run ON the GPU machine from the repository root, with .gpu/ and
-# .whl/ carried there (made by tools/gpu/prepare.sh). Steps (STEPS, default all of them):
+# .whl/ carried there (made by tools/gpu/prepare.sh). Steps run in the order STEPS names them
+# (default: all, in this order):
+#   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep bench
+#            unet --full-only` f16 with the direct convolution, then with DDREP_GPU_CONV=im2col;
+#   bench    the `cuda` binary (autotune): `ddrep bench unet --full-only` in each of
+#            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
 #   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32
 #            (strict / torch default / TF32), f16 and bf16 on this card: the reference column;
 #   parity   `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
 #   sample   `ddrep sample --method ddrep` end to end on the tiny model in f16;
-#   bench    `ddrep bench unet` in each of BENCH_PRECISIONS (default f16 f32 bf16), diffusers
-#            beside it on the same card in the same dtype (ddrep prints the ratio);
-#   profile  one SD1.5-size UNet eval (f16) with cubecl's kernel profiler: time per kernel;
-#   fusion   the cuda-fusion binary: parity f16 and f32, and `ddrep bench unet` f16;
-#   im2col   DDREP_GPU_CONV=im2col (convs as im2col + tensor-core matmul): parity f16 and f32,
-#            and `ddrep bench unet` f16.
-# The binaries are built with burn's autotune (the `cuda` feature): the first eval of each
-# shape times the candidate kernels, so the steps' caps leave room for that.
+#   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
+#   im2col   the `cuda` binary with DDREP_GPU_CONV=im2col: parity f16, bench f16;
+#   fusion   the cuda-fusion binary (when prepare.sh built it): parity f16, bench f16.
+# Autotune (the `cuda` binary) times every candidate kernel of each new shape, and each
+# candidate is JIT-compiled first (~0.8 s of one CPU core each on the H200, 2026-11-26): a
+# first process spends minutes before its first eval ends. So ddrep keeps autotune picks and
+# compiled kernels (PTX) in its cache dir, and this script carries them between sessions:
+# it unpacks .gpu/autotune.tar.xz and .gpu/ptx.tar.xz there when present, and packs them again
+# into $OUT at the end (copy them from the device files into .gpu/ for the next session).
 # Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 8.
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=" ${STEPS:-dparity parity sample bench profile fusion im2col} "
+STEPS=${STEPS:-base bench dparity parity sample profile im2col fusion}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
+BB=/tmp/ddrep-cuda-base
 BF=/tmp/ddrep-cuda-fusion
 unpack .gpu/ddrep.xz "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/prepare.sh here first)"; exit 2; }
+[ -f .gpu/ddrep-base.xz ] && unpack .gpu/ddrep-base.xz "$BB"
 [ -f .gpu/ddrep-fusion.xz ] && unpack .gpu/ddrep-fusion.xz "$BF"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 # cudarc opens the driver and NVRTC by name at run time. NVRTC may live only in PyTorch's
@@ -31,11 +39,17 @@ for d in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stub
     export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$PWD/.gpu/lib"
+# ddrep's kernel caches (src/backend.rs configure_gpu_kernels: <cache dir>/cubecl).
+CACHE_DIR="${DDREP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ddrep}"
+mkdir -p "$CACHE_DIR"
 {
     echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     echo "commit: $(tr '\n' ' ' < .gpu/commit 2>/dev/null || echo unknown)"
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    for t in autotune ptx; do
+        [ -f ".gpu/$t.tar.xz" ] && tar -C "$CACHE_DIR" -xJf ".gpu/$t.tar.xz" && echo "unpacked carried .gpu/$t.tar.xz"
+    done
 } 2>&1 | tee "$OUT/gpu.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -45,50 +59,51 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 
 # One deadline for the whole script (TOTAL_S, default 480 s, inside the run's timeout_s): each
 # step gets at most its own cap and never more than what is left, so that a hang costs one
-# step and the files of the steps before it still come back.
+# step and the files of the steps before it still come back. PACK_S is kept back for packing
+# the caches.
 TOTAL_S=${TOTAL_S:-480}
-END=$((SECONDS + TOTAL_S))
+PACK_S=${PACK_S:-25}
+END=$((SECONDS + TOTAL_S - PACK_S))
 cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-want() { [[ "$STEPS" == *" $1 "* ]]; }
 # step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
 step() {
     local f="$OUT/$1" c=$2; shift 2
-    echo "== $*" | tee -a "$f"
+    echo "== $* (cap $(cap "$c") s)" | tee -a "$f"
     timeout "$(cap "$c")" "$@" >> "$f.tmp" 2>&1
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
 }
-# ddrep's autotune cache (src/backend.rs configure_gpu_kernels: <cache dir>/cubecl).
-TUNE_DIR="${DDREP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ddrep}/cubecl"
-BENCH="bench unet --device cuda --warmup 3 --evals 20 --full-evals 10 --python python3"
+BENCH="bench unet --full-only --device cuda --warmup 2 --evals 20 --full-evals 10 --python python3"
 
-want dparity && step diffusers_parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda
-if want parity; then
-    for p in f32 f16 bf16; do step parity.txt 90 "$B" parity --device cuda --precision "$p"; done
-fi
-if want sample; then
-    rm -rf /tmp/ddrep-gpu-sample
-    step sample.txt 60 "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
-        --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
-        --out /tmp/ddrep-gpu-sample
-    python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/sample.txt" 2>&1
-fi
-if want bench; then
-    # The first SD1.5 process autotunes every conv, matmul and reduction shape in its warm-up
-    # evals (picks are kept in $TUNE_DIR, so later processes of the same binary reuse them).
-    for p in ${BENCH_PRECISIONS:-f16 f32 bf16}; do step bench.txt 240 "$B" $BENCH --precision "$p"; done
-fi
-if want profile; then
-    # cubecl reads cubecl.toml from the working directory: profile only this step. Each device
-    # sync (one per eval in the bench) prints the table of kernel times since the last one;
-    # the last table is the last full SD1.5 eval.
-    # The [autotune] line keeps the picks where ddrep puts them without a cubecl.toml, so the
-    # bench step's tuning is reused (checked with cubecl-runtime 0.9.0's own parser).
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/cubecl-profile.log"\nappend = true\n[autotune]\ncache = { file = "%s" }\n' "$TUNE_DIR" > cubecl.toml
-    rm -f /tmp/cubecl-profile.log
-    step profile.txt 150 "$B" bench unet --device cuda --precision f16 --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
-    rm -f cubecl.toml
-    python3 - >> "$OUT/profile.txt" 2>&1 <<'EOF'
+for s in $STEPS; do
+    case "$s" in
+    base)
+        if [ -x "$BB" ]; then
+            step base.txt 150 "$BB" $BENCH --precision f16
+            DDREP_GPU_CONV=im2col step base.txt 150 "$BB" $BENCH --precision f16
+        else
+            echo "no .gpu/ddrep-base.xz: base skipped" | tee -a "$OUT/base.txt"
+        fi ;;
+    bench)
+        # The first SD1.5 process autotunes every conv, matmul and reduction shape in its
+        # warm-up evals (its progress lines say how long each took).
+        for p in ${BENCH_PRECISIONS:-f16}; do step bench.txt 360 "$B" $BENCH --precision "$p"; done ;;
+    dparity) step parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda ;;
+    parity)
+        for p in f16 f32 bf16; do step parity.txt 120 "$B" parity --device cuda --precision "$p"; done ;;
+    sample)
+        rm -rf /tmp/ddrep-gpu-sample
+        step parity.txt 90 "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
+            --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
+            --out /tmp/ddrep-gpu-sample
+        python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/parity.txt" 2>&1 ;;
+    profile)
+        # Each device sync (one per eval) appends the table of kernel times since the last one;
+        # the last table is the last full SD1.5 eval.
+        rm -f /tmp/cubecl-profile.log
+        DDREP_GPU_PROFILE=/tmp/cubecl-profile.log step profile.txt 150 "$B" bench unet --full-only --device cuda --precision f16 \
+            --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
+        python3 - >> "$OUT/profile.txt" 2>&1 <<'EOF'
 import re
 try:
     text = open("/tmp/cubecl-profile.log", encoding="utf-8", errors="replace").read()
@@ -101,14 +116,38 @@ for line in blocks[-1].splitlines()[:48] if blocks else []:
         cells = [re.sub(r"\s+", " ", c).strip() for c in line.strip().strip("|").split(" | ")]
         print(" | ".join(c if i else c[:110] for i, c in enumerate(cells)))
 EOF
-fi
-if want fusion && [ -x "$BF" ]; then
-    for p in f16 f32; do step fusion.txt 90 "$BF" parity --device cuda --precision "$p"; done
-    step fusion.txt 180 "$BF" $BENCH --precision f16
-fi
-if want im2col; then
-    for p in f16 f32; do DDREP_GPU_CONV=im2col step im2col.txt 90 "$B" parity --device cuda --precision "$p"; done
-    DDREP_GPU_CONV=im2col step im2col.txt 180 "$B" $BENCH --precision f16
-fi
-# Where the autotune picks went.
-{ echo "autotune cache files:"; find "$TUNE_DIR" target -path '*autotune*' -type f 2>/dev/null | head -20; } >> "$OUT/gpu.txt"
+        ;;
+    im2col)
+        DDREP_GPU_CONV=im2col step variants.txt 120 "$B" parity --device cuda --precision f16
+        DDREP_GPU_CONV=im2col step variants.txt 240 "$B" $BENCH --precision f16 ;;
+    fusion)
+        if [ -x "$BF" ]; then
+            step variants.txt 120 "$BF" parity --device cuda --precision f16
+            step variants.txt 240 "$BF" $BENCH --precision f16
+        else
+            echo "no .gpu/ddrep-fusion.xz: fusion skipped" | tee -a "$OUT/variants.txt"
+        fi ;;
+    *) echo "unknown step '$s'" | tee -a "$OUT/gpu.txt" ;;
+    esac
+done
+
+# Pack the caches for the next session (see the header). The autotune picks are small and
+# save the most (a cached pick compiles one kernel, not every candidate); the PTX comes back
+# only while it fits the device tool's 16 MiB per file.
+{
+    echo "caches in $CACHE_DIR/cubecl:"
+    find "$CACHE_DIR/cubecl" -name '*.json.log' -printf '%s bytes, %p\n' 2>/dev/null | head -20
+    if [ -d "$CACHE_DIR/cubecl/autotune" ]; then
+        tar -C "$CACHE_DIR" --exclude="*.lock" -cJf "$OUT/autotune.tar.xz" cubecl/autotune && echo "packed autotune.tar.xz: $(stat -c %s "$OUT/autotune.tar.xz") bytes"
+    fi
+    ptx=$(cd "$CACHE_DIR" && ls -d cubecl/ptx-* 2>/dev/null)
+    if [ -n "$ptx" ]; then
+        tar -C "$CACHE_DIR" --exclude="*.lock" -cf - $ptx | xz -T0 -6 > "$OUT/ptx.tar.xz"
+        size=$(stat -c %s "$OUT/ptx.tar.xz")
+        if [ "$size" -gt $((16 * 1024 * 1024 - 4096)) ]; then
+            rm -f "$OUT/ptx.tar.xz"; echo "ptx cache: $size bytes packed, over 16 MiB: not brought back"
+        else
+            echo "packed ptx.tar.xz: $size bytes"
+        fi
+    fi
+} 2>&1 | tee -a "$OUT/gpu.txt"

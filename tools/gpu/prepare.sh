@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Prepares a GPU check (run HERE, on the build machine, from the repository root):
-#   1. builds `ddrep` with --features cuda in its own target dir (so the CPU build stays warm;
-#      the cuda feature changes features of dependencies shared with polars), strips it and
-#      puts it at .gpu/ddrep;
-#   2. downloads the diffusers wheel (and the one dependency the GPU image lacks) into .whl/
+#   1. builds `ddrep` with --features cuda (burn's autotune; .gpu/ddrep.xz) and with
+#      --features cuda-base (burn-cubecl's fixed kernels; .gpu/ddrep-base.xz), and with FUSION=1
+#      also --features cuda-fusion (.gpu/ddrep-fusion.xz), in their own target dir (so the CPU
+#      build stays warm; the cuda features change features of dependencies shared with polars);
+#   2. with GPU_CACHES=DIR, copies the kernel caches a previous check.sh brought back
+#      (DIR/autotune.tar.xz, DIR/ptx.tar.xz, e.g. DIR=/work/.device/N) into .gpu/, so the next
+#      run starts with the autotune picks and compiled kernels of the last one;
+#   3. downloads the diffusers wheel (and the one dependency the GPU image lacks) into .whl/
 #      for the PyTorch reference of `ddrep bench unet` there.
 # Both folders are ignored through .git/info/exclude. Then run tools/gpu/check.sh on the GPU
 # machine with `carry: [".gpu", ".whl"]` (see tools/bench/README.md, "On the GPU machine").
@@ -19,18 +23,23 @@ export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/ddrep-target-cuda}
 # driver 580 (CUDA 13.0) with PyTorch cu130's NVRTC 13.0, so pin the API to 13.0.
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 mkdir -p .gpu
-rm -f .gpu/ddrep .gpu/ddrep.xz .gpu/ddrep-fusion.xz
-# Two binaries: plain burn-cuda (.gpu/ddrep.xz) and burn-cuda with operation fusion
-# (.gpu/ddrep-fusion.xz, feature cuda-fusion), so one GPU call can compare them.
-for feature in cuda-fusion cuda; do
+rm -f .gpu/ddrep .gpu/ddrep.xz .gpu/ddrep-base.xz .gpu/ddrep-fusion.xz
+features="cuda-base cuda"
+[ "${FUSION:-0}" = 1 ] && features="cuda-fusion $features"
+for feature in $features; do
     cargo build --release --features "$feature" --bin ddrep
-    # Stripped it is ~50 MB, which with the tree and the wheels is at the 64 MiB that travels;
-    # xz brings it to ~9 MB (check.sh unpacks it there with Python's lzma).
-    name=ddrep; [ "$feature" = cuda-fusion ] && name=ddrep-fusion
+    # Stripped it is ~50 MB, which with the tree and the wheels is near the 64 MiB that
+    # travels; xz brings it to ~10 MB (check.sh unpacks it there with Python's lzma).
+    case "$feature" in cuda) name=ddrep ;; cuda-base) name=ddrep-base ;; *) name=ddrep-fusion ;; esac
     strip -o .gpu/ddrep.bin "$CARGO_TARGET_DIR/release/ddrep"
     xz -T0 -6 -c .gpu/ddrep.bin > ".gpu/$name.xz"
     rm .gpu/ddrep.bin
 done
+if [ -n "${GPU_CACHES:-}" ]; then
+    for t in autotune ptx; do
+        if [ -f "$GPU_CACHES/$t.tar.xz" ]; then cp "$GPU_CACHES/$t.tar.xz" .gpu/ && echo "carrying $GPU_CACHES/$t.tar.xz"; fi
+    done
+fi
 # The plots' font rendering links fontconfig and freetype, which the GPU image lacks: carry the
 # shared libraries the binary needs beyond glibc and libgcc (check.sh puts .gpu/lib last on
 # LD_LIBRARY_PATH, so the machine's own copies win where it has them).
@@ -41,7 +50,7 @@ ldd "$CARGO_TARGET_DIR/release/ddrep" | awk '$3 ~ /^\// {print $3}' \
 ls .gpu/lib
 git rev-parse HEAD > .gpu/commit
 git status --porcelain --untracked-files=no | grep -q . && echo "dirty" >> .gpu/commit
-echo "built .gpu/ddrep.xz and .gpu/ddrep-fusion.xz ($(du -ch .gpu/*.xz | tail -1 | cut -f1)) from $(head -1 .gpu/commit)"
+echo "built $(cd .gpu && ls ddrep*.xz | tr '\n' ' ')($(du -ch .gpu/ddrep*.xz | tail -1 | cut -f1)) from $(head -1 .gpu/commit)"
 
 PY=${PYTHON:-python3}
 mkdir -p .whl
