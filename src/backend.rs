@@ -87,6 +87,47 @@ fn gpu_tag() -> Option<String> {
     }
 }
 
+/// `x` convolved by burn-cubecl's implicit-GEMM tensor-core kernel (`ConvStrategy::ImplicitGemm`:
+/// `simple_sync` with cmma tiles, no autotune), for `DDREP_GPU_CONV=implicit-gemm`. `Err(x)`
+/// hands the input back when `B` is not plain burn-cuda (the CPU, burn-cuda with fusion), or
+/// when the kernel refuses the problem (a shape its tiles do not take; said once on stderr),
+/// so that the caller runs burn's conv2d instead.
+#[cfg(feature = "cuda-base")]
+pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
+    x: burn::tensor::Tensor<B, 4>,
+    w: &burn::tensor::Tensor<B, 4>,
+    b: &burn::tensor::Tensor<B, 1>,
+    options: burn::tensor::ops::ConvOptions<2>,
+) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
+    use burn::tensor::{Tensor, TensorPrimitive};
+    use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
+    use std::any::{Any, TypeId};
+    type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
+    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Cube>() {
+        return Err(x);
+    }
+    // Moves a value between two names of one type (checked above).
+    fn same<T: 'static, U: 'static>(t: T) -> U {
+        let mut slot = Some(t);
+        (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take).expect("same type (TypeId checked)")
+    }
+    let float = |t: TensorPrimitive<B>| -> Cube { same(t.tensor()) };
+    let input = float(x.into_primitive());
+    let weight = float(w.clone().into_primitive());
+    let bias = float(b.clone().into_primitive());
+    let back = |c: Cube| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same(c)));
+    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
+        Ok(y) => Ok(back(y)),
+        Err(e) => {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("DDREP_GPU_CONV=implicit-gemm: burn-cubecl refused a conv of input {:?} ({e:?}); such convs run burn's conv2d", input.shape.dims);
+            }
+            Err(back(input))
+        }
+    }
+}
+
 /// How this build picks its GPU kernels, for reports: burn's autotune (`cuda`) or
 /// burn-cubecl's fixed choices (`cuda-base` alone).
 pub fn gpu_kernels() -> &'static str {

@@ -352,7 +352,7 @@ fn decode_on<B: Backend>(a: &DecodeArgs, device: &B::Device) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     #[cfg(feature = "cuda-base")]
     crate::backend::configure_gpu_kernels();
-    crate::models::sd15::layers::gpu_conv_im2col().map_err(|e| anyhow::anyhow!(e))?;
+    crate::models::sd15::layers::gpu_conv().map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {
         Command::Sample(a) => sample(&a),
         Command::Decode(a) => decode(&a),

@@ -2,8 +2,10 @@
 # The GPU half of issue #4, run ON the GPU machine from the repository root, with .gpu/ and
 # .whl/ carried there (made by tools/gpu/prepare.sh). Steps run in the order STEPS names them
 # (default: all, in this order):
-#   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep bench
-#            unet --full-only` f16 with the direct convolution, then with DDREP_GPU_CONV=im2col;
+#   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep parity`
+#            f16 with DDREP_GPU_CONV=implicit-gemm, then `ddrep bench unet --full-only` f16 with
+#            each DDREP_GPU_CONV: native (burn-cubecl's direct conv; diffusers beside it),
+#            im2col and implicit-gemm (ratios against the diffusers number of the first);
 #   bench    the `cuda` binary (autotune): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
 #   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32
@@ -79,8 +81,11 @@ for s in $STEPS; do
     case "$s" in
     base)
         if [ -x "$BB" ]; then
-            step base.txt 150 "$BB" $BENCH --precision f16
-            DDREP_GPU_CONV=im2col step base.txt 150 "$BB" $BENCH --precision f16
+            DDREP_GPU_CONV=implicit-gemm step base.txt 60 "$BB" parity --device cuda --precision f16
+            step base.txt 120 "$BB" $BENCH --precision f16
+            for conv in implicit-gemm im2col; do
+                DDREP_GPU_CONV=$conv step base.txt 120 "$BB" ${BENCH/python3/\/nonexistent} --precision f16
+            done
         else
             echo "no .gpu/ddrep-base.xz: base skipped" | tee -a "$OUT/base.txt"
         fi ;;

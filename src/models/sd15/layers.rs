@@ -89,28 +89,42 @@ pub struct Conv2d<B: Backend> {
     /// Backend path: im2col + matmul for stride-1 "same" convs up to this many pixels (1x1 at any size);
     /// 0: never.
     gemm_max_pixels: usize,
+    /// Backend path: burn-cubecl's implicit-GEMM kernel on CUDA (`DDREP_GPU_CONV=implicit-gemm`).
+    #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
+    implicit_gemm: bool,
 }
 
 /// Largest H*W for which stride-1 convs go through im2col + matmul on a non-f32 CPU backend.
 const GEMM_MAX_PIXELS: usize = 32 * 32;
 
 /// Environment switch for the convolutions of GPU (cubecl) backends: `native` (default:
-/// burn's conv2d, autotuned between burn-cubecl's direct kernel and its implicit-GEMM
-/// tensor-core kernels) or `im2col` (every stride-1 "same" conv as im2col + one matmul on the
-/// tensor cores, f32 accumulation; more memory). Read once per model part by the `Loader`; an
-/// unknown value is an error from `Loader::finish` (and when the CLI starts). Not yet timed on
-/// a GPU.
+/// burn's conv2d: autotuned between burn-cubecl's direct kernel and its implicit-GEMM
+/// tensor-core kernels in `cuda` builds, the direct kernel alone in `cuda-base` builds),
+/// `im2col` (every stride-1 "same" conv as im2col + one matmul on the tensor cores, f32
+/// accumulation; more memory) or `implicit-gemm` (burn-cubecl's implicit-GEMM tensor-core
+/// kernel, `simple_sync` with cmma tiles, chosen without autotune; on CUDA backends without
+/// fusion, else burn's conv2d). Read once per model part by the `Loader`; an unknown value is
+/// an error from `Loader::finish` (and when the CLI starts).
 pub const GPU_CONV_ENV: &str = "DDREP_GPU_CONV";
 
-/// The value of [`GPU_CONV_ENV`]: `Ok(true)` for im2col, an error naming the variable for
-/// anything but `native`, `im2col` or unset.
-pub fn gpu_conv_im2col() -> Result<bool, String> {
+/// How GPU backends run convolutions; see [`GPU_CONV_ENV`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuConv {
+    Native,
+    Im2col,
+    ImplicitGemm,
+}
+
+/// The value of [`GPU_CONV_ENV`], or an error naming the variable for anything but `native`,
+/// `im2col`, `implicit-gemm` or unset.
+pub fn gpu_conv() -> Result<GpuConv, String> {
     match std::env::var(GPU_CONV_ENV) {
-        Err(_) => Ok(false),
+        Err(_) => Ok(GpuConv::Native),
         Ok(v) => match v.as_str() {
-            "" | "native" => Ok(false),
-            "im2col" => Ok(true),
-            other => Err(format!("{GPU_CONV_ENV}={other:?}: expected `native` (the default) or `im2col`")),
+            "" | "native" => Ok(GpuConv::Native),
+            "im2col" => Ok(GpuConv::Im2col),
+            "implicit-gemm" => Ok(GpuConv::ImplicitGemm),
+            other => Err(format!("{GPU_CONV_ENV}={other:?}: expected `native` (the default), `im2col` or `implicit-gemm`")),
         },
     }
 }
@@ -138,11 +152,12 @@ impl<B: Backend> Conv2d<B> {
             // (read by the Loader, which reports an unknown value).
             gemm_max_pixels: if B::name(ld.device()).contains("ndarray") {
                 GEMM_MAX_PIXELS
-            } else if ld.gpu_conv_im2col() {
+            } else if ld.gpu_conv() == GpuConv::Im2col {
                 usize::MAX
             } else {
                 0
             },
+            implicit_gemm: ld.gpu_conv() == GpuConv::ImplicitGemm,
         }
     }
 
@@ -255,6 +270,15 @@ impl<B: Backend> Conv2d<B> {
             return y.reshape([n, o, h, wd]);
         }
         let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        #[cfg(feature = "cuda-base")]
+        let x = if self.implicit_gemm {
+            match crate::backend::cuda_conv2d_implicit_gemm(x, w, b, opts.clone()) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        } else {
+            x
+        };
         conv2d(x, w.clone(), Some(b.clone()), opts)
     }
 }

@@ -99,9 +99,9 @@ pub struct Loader<B: Backend> {
     expected: Vec<(String, Vec<usize>)>,
     problems: Vec<String>,
     used: BTreeSet<String>,
-    /// `DDREP_GPU_CONV`, read once per part: whether GPU backends run convs as im2col + matmul,
-    /// or the one-line error for an unknown value (reported by `finish`).
-    gpu_conv_im2col: std::result::Result<bool, String>,
+    /// `DDREP_GPU_CONV`, read once per part: how GPU backends run convs, or the one-line
+    /// error for an unknown value (reported by `finish`).
+    gpu_conv: std::result::Result<super::layers::GpuConv, String>,
 }
 
 impl<B: Backend> Loader<B> {
@@ -125,7 +125,7 @@ impl<B: Backend> Loader<B> {
             expected: Vec::new(),
             problems: Vec::new(),
             used: BTreeSet::new(),
-            gpu_conv_im2col: super::layers::gpu_conv_im2col(),
+            gpu_conv: super::layers::gpu_conv(),
         }
     }
 
@@ -195,10 +195,10 @@ impl<B: Backend> Loader<B> {
         &self.device
     }
 
-    /// Whether `DDREP_GPU_CONV=im2col` asks GPU backends for im2col convolutions (an unknown
-    /// value reads as `native` here and is an error in `finish`).
-    pub fn gpu_conv_im2col(&self) -> bool {
-        matches!(self.gpu_conv_im2col, Ok(true))
+    /// How `DDREP_GPU_CONV` asks GPU backends to run convolutions (an unknown value reads as
+    /// `native` here and is an error in `finish`).
+    pub fn gpu_conv(&self) -> super::layers::GpuConv {
+        self.gpu_conv.clone().unwrap_or(super::layers::GpuConv::Native)
     }
 
     /// Every tensor asked for so far, with its expected shape.
@@ -224,7 +224,7 @@ impl<B: Backend> Loader<B> {
     /// Ends loading: one error listing every missing, mis-shaped or mistyped tensor (and, when
     /// `strict`, every extra one), or Ok.
     pub fn finish(self, strict: bool) -> Result<()> {
-        if let Err(e) = &self.gpu_conv_im2col {
+        if let Err(e) = &self.gpu_conv {
             bail!("{e}");
         }
         let mut problems = self.problems.clone();
