@@ -101,21 +101,16 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
     use burn::tensor::{Tensor, TensorPrimitive};
     use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
-    use std::any::{Any, TypeId};
+    use std::any::TypeId;
     type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
     if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Cube>() {
         return Err(x);
     }
-    // Moves a value between two names of one type (checked above).
-    fn same<T: 'static, U: 'static>(t: T) -> U {
-        let mut slot = Some(t);
-        (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take).expect("same type (TypeId checked)")
-    }
-    let float = |t: TensorPrimitive<B>| -> Cube { same(t.tensor()) };
+    let float = |t: TensorPrimitive<B>| -> Cube { same_type(t.tensor()) };
     let input = float(x.into_primitive());
     let weight = float(w.clone().into_primitive());
     let bias = float(b.clone().into_primitive());
-    let back = |c: Cube| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same(c)));
+    let back = |c: Cube| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(c)));
     match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
         Ok(y) => Ok(back(y)),
         Err(e) => {
@@ -126,6 +121,79 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
             Err(back(input))
         }
     }
+}
+
+/// `softmax(q k^T / sqrt(d)) v` on `[n, heads, L, d]` by cubek's tensor-core flash-attention
+/// routine (`BlackboxAccelerated`, 16x16 tiles, f32 accumulation, no causal mask), for
+/// `DDREP_GPU_ATTENTION=flash`. The routine needs `d` to be a multiple of 16 (SD1.5's 40 is
+/// not): `d` is padded with zero columns, which leave `q k^T` and the kept output columns as
+/// they are, and `q` is scaled by `sqrt(padded d / d)` against the routine's own
+/// `1 / sqrt(padded d)`. `Err((q, k, v))` hands the inputs back when `B` is not plain
+/// burn-cuda, or when the routine refuses the problem (said once on stderr).
+#[cfg(feature = "cuda-base")]
+#[allow(clippy::type_complexity)]
+pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
+    q: burn::tensor::Tensor<B, 4>,
+    k: burn::tensor::Tensor<B, 4>,
+    v: burn::tensor::Tensor<B, 4>,
+) -> Result<burn::tensor::Tensor<B, 4>, (burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>)> {
+    use burn::cubecl::ir::{ElemType, FloatKind, StorageType};
+    use burn::tensor::{DType, Tensor, TensorPrimitive};
+    use cubek::attention::definition::{AccumulatorPrecision, AttentionGlobalTypes, AttentionOptions};
+    use cubek::attention::launch::{launch_ref, BlueprintStrategy, Strategy};
+    use std::any::TypeId;
+    type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
+    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Cube>() {
+        return Err((q, k, v));
+    }
+    let [n, heads, lq, d] = q.dims();
+    let padded = d.div_ceil(16) * 16;
+    let (q0, k0, v0) = (q.clone(), k.clone(), v.clone());
+    let pad = |t: Tensor<B, 4>| if padded == d { t } else { t.pad((0, padded - d, 0, 0), 0.0) };
+    let q = pad(q.mul_scalar((padded as f64 / d as f64).sqrt()));
+    let (k, v) = (pad(k), pad(v));
+    let out = Tensor::<B, 4>::empty([n, heads, lq, padded], &q.device());
+    let cube = |t: Tensor<B, 4>| -> Cube { burn_cubecl::kernel::into_contiguous(same_type(t.into_primitive().tensor())) };
+    let (qc, kc, vc, oc) = (cube(q), cube(k), cube(v), cube(out));
+    let float = match qc.dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => FloatKind::F32,
+    };
+    let launched = launch_ref::<burn::cubecl::cuda::CudaRuntime>(
+        Strategy::BlackboxAccelerated(BlueprintStrategy::Inferred(())),
+        &qc.client,
+        &qc.as_handle_ref(),
+        &kc.as_handle_ref(),
+        &vc.as_handle_ref(),
+        &None,
+        &oc.as_handle_ref(),
+        &AttentionGlobalTypes::from_single_dtype(StorageType::Scalar(ElemType::Float(float))),
+        AttentionOptions {
+            causal: false,
+            accumulator_precision: AccumulatorPrecision::Strict(StorageType::Scalar(ElemType::Float(FloatKind::F32))),
+        },
+    );
+    match launched {
+        Ok(()) => {
+            let out = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(oc)));
+            Ok(if padded == d { out } else { out.narrow(3, 0, d) })
+        }
+        Err(e) => {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({e:?}); such attention runs the blocked path", q0.dims(), k0.dims());
+            }
+            Err((q0, k0, v0))
+        }
+    }
+}
+
+/// Moves a value between two names of one type; the callers check the `TypeId`s first.
+#[cfg(feature = "cuda-base")]
+fn same_type<T: 'static, U: 'static>(t: T) -> U {
+    let mut slot = Some(t);
+    (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<U>>().and_then(Option::take).expect("same type (TypeId checked)")
 }
 
 /// How this build picks its GPU kernels, for reports: burn's autotune (`cuda`) or

@@ -353,6 +353,7 @@ pub fn run(cli: Cli) -> Result<()> {
     #[cfg(feature = "cuda-base")]
     crate::backend::configure_gpu_kernels();
     crate::models::sd15::layers::gpu_conv().map_err(|e| anyhow::anyhow!(e))?;
+    crate::models::sd15::layers::gpu_attention().map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {
         Command::Sample(a) => sample(&a),
         Command::Decode(a) => decode(&a),

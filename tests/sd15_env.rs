@@ -1,5 +1,5 @@
-//! `DDREP_GPU_CONV` through the library (no CLI): the environment is process-wide, so this
-//! file holds the one test that sets it.
+//! `DDREP_GPU_CONV` and `DDREP_GPU_ATTENTION` through the library (no CLI): the environment is
+//! process-wide, so this file holds the one test that sets them.
 
 mod sd15_common;
 
@@ -7,16 +7,21 @@ use ddrep::models::sd15::Sd15;
 use sd15_common::{model_dir, B};
 
 #[test]
-fn unknown_gpu_conv_value_fails_the_load_with_one_line() {
+fn unknown_gpu_kernel_values_fail_the_load_with_one_line() {
     let device = Default::default();
-    std::env::set_var("DDREP_GPU_CONV", "fast");
-    let err = Sd15::<B>::load(model_dir(), &device).err().expect("an unknown DDREP_GPU_CONV must fail the load");
-    let msg = format!("{err:#}");
-    assert_eq!(msg, "DDREP_GPU_CONV=\"fast\": expected `native` (the default), `im2col` or `implicit-gemm`");
-    // The known values load (on the CPU backend they change nothing).
-    for ok in ["native", "im2col", "implicit-gemm", ""] {
-        std::env::set_var("DDREP_GPU_CONV", ok);
-        Sd15::<B>::load(model_dir(), &device).unwrap_or_else(|e| panic!("DDREP_GPU_CONV={ok:?}: {e:#}"));
+    let cases = [
+        ("DDREP_GPU_CONV", "DDREP_GPU_CONV=\"fast\": expected `native` (the default), `im2col` or `implicit-gemm`", &["native", "im2col", "implicit-gemm", ""][..]),
+        ("DDREP_GPU_ATTENTION", "DDREP_GPU_ATTENTION=\"fast\": expected `blocked` (the default) or `flash`", &["blocked", "flash", ""][..]),
+    ];
+    for (var, expected, known) in cases {
+        std::env::set_var(var, "fast");
+        let err = Sd15::<B>::load(model_dir(), &device).err().unwrap_or_else(|| panic!("an unknown {var} must fail the load"));
+        assert_eq!(format!("{err:#}"), expected);
+        // The known values load (on the CPU backend they change nothing).
+        for ok in known {
+            std::env::set_var(var, ok);
+            Sd15::<B>::load(model_dir(), &device).unwrap_or_else(|e| panic!("{var}={ok:?}: {e:#}"));
+        }
+        std::env::remove_var(var);
     }
-    std::env::remove_var("DDREP_GPU_CONV");
 }

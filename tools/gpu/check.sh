@@ -3,9 +3,10 @@
 # .whl/ carried there (made by tools/gpu/prepare.sh). Steps run in the order STEPS names them
 # (default: all, in this order):
 #   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep parity`
-#            f16 with DDREP_GPU_CONV=implicit-gemm, then `ddrep bench unet --full-only` f16 with
-#            each DDREP_GPU_CONV: native (burn-cubecl's direct conv; diffusers beside it),
-#            im2col and implicit-gemm (ratios against the diffusers number of the first);
+#            f16 with DDREP_GPU_CONV=implicit-gemm and DDREP_GPU_ATTENTION=flash, then `ddrep
+#            bench unet --full-only` f16: native (burn-cubecl's direct conv; diffusers beside
+#            it), implicit-gemm, implicit-gemm + flash, im2col (compare with the first's
+#            diffusers number);
 #   bench    the `cuda` binary (autotune): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
 #   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32
@@ -70,7 +71,7 @@ cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -l
 # step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
 step() {
     local f="$OUT/$1" c=$2; shift 2
-    echo "== $* (cap $(cap "$c") s)" | tee -a "$f"
+    echo "== ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }$* (cap $(cap "$c") s)" | tee -a "$f"
     timeout "$(cap "$c")" "$@" >> "$f.tmp" 2>&1
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
@@ -81,10 +82,11 @@ for s in $STEPS; do
     case "$s" in
     base)
         if [ -x "$BB" ]; then
-            DDREP_GPU_CONV=implicit-gemm step base.txt 60 "$BB" parity --device cuda --precision f16
-            step base.txt 120 "$BB" $BENCH --precision f16
-            for conv in implicit-gemm im2col; do
-                DDREP_GPU_CONV=$conv step base.txt 120 "$BB" ${BENCH/python3/\/nonexistent} --precision f16
+            DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash step base.txt 60 "$BB" parity --device cuda --precision f16
+            step base.txt 100 "$BB" $BENCH --precision f16
+            for kernels in "implicit-gemm blocked" "implicit-gemm flash" "im2col blocked"; do
+                set -- $kernels
+                DDREP_GPU_CONV=$1 DDREP_GPU_ATTENTION=$2 step base.txt 100 "$BB" ${BENCH/python3/\/nonexistent} --precision f16
             done
         else
             echo "no .gpu/ddrep-base.xz: base skipped" | tee -a "$OUT/base.txt"

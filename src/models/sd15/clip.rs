@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::config::ClipTextConfig;
-use super::layers::{multi_head_attention, quick_gelu, LayerNorm, Linear};
+use super::layers::{multi_head_attention, quick_gelu, GpuAttention, LayerNorm, Linear};
 use super::weights::Loader;
 
 struct EncoderLayer<B: Backend> {
@@ -111,6 +111,7 @@ impl<B: Backend> ClipTextModel<B> {
                 layer.v_proj.forward(h),
                 heads,
                 Some(mask.clone()),
+                GpuAttention::Blocked,
             );
             x = x + layer.out_proj.forward(a);
             let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));

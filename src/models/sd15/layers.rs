@@ -118,15 +118,42 @@ pub enum GpuConv {
 /// The value of [`GPU_CONV_ENV`], or an error naming the variable for anything but `native`,
 /// `im2col`, `implicit-gemm` or unset.
 pub fn gpu_conv() -> Result<GpuConv, String> {
-    match std::env::var(GPU_CONV_ENV) {
-        Err(_) => Ok(GpuConv::Native),
-        Ok(v) => match v.as_str() {
-            "" | "native" => Ok(GpuConv::Native),
-            "im2col" => Ok(GpuConv::Im2col),
-            "implicit-gemm" => Ok(GpuConv::ImplicitGemm),
-            other => Err(format!("{GPU_CONV_ENV}={other:?}: expected `native` (the default), `im2col` or `implicit-gemm`")),
-        },
+    env_choice(GPU_CONV_ENV, &[("native", GpuConv::Native), ("im2col", GpuConv::Im2col), ("implicit-gemm", GpuConv::ImplicitGemm)])
+}
+
+/// A switch read from the environment: unset or empty gives the first choice (the default),
+/// a listed name its value, anything else a one-line error listing the names.
+fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let v = std::env::var(var).unwrap_or_default();
+    if v.is_empty() {
+        return Ok(choices[0].1);
     }
+    if let Some((_, t)) = choices.iter().find(|(name, _)| *name == v) {
+        return Ok(*t);
+    }
+    let names: Vec<String> = choices.iter().enumerate().map(|(i, (n, _))| if i == 0 { format!("`{n}` (the default)") } else { format!("`{n}`") }).collect();
+    let (last, rest) = names.split_last().expect("at least one choice");
+    Err(format!("{var}={v:?}: expected {} or {last}", rest.join(", ")))
+}
+
+/// Environment switch for the unmasked attention of GPU (cubecl) backends: `blocked` (default:
+/// [`blocked_attention`], from matmuls) or `flash` (cubek's tensor-core flash-attention
+/// routine, `BlackboxAccelerated`, called without a causal mask; head dims padded to a multiple
+/// of 16; on CUDA backends without fusion, else blocked). Read once per model part by the
+/// `Loader`, like [`GPU_CONV_ENV`].
+pub const GPU_ATTENTION_ENV: &str = "DDREP_GPU_ATTENTION";
+
+/// How GPU backends run unmasked attention; see [`GPU_ATTENTION_ENV`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuAttention {
+    Blocked,
+    Flash,
+}
+
+/// The value of [`GPU_ATTENTION_ENV`], or an error naming the variable for anything but
+/// `blocked`, `flash` or unset.
+pub fn gpu_attention() -> Result<GpuAttention, String> {
+    env_choice(GPU_ATTENTION_ENV, &[("blocked", GpuAttention::Blocked), ("flash", GpuAttention::Flash)])
 }
 
 impl<B: Backend> Conv2d<B> {
@@ -411,12 +438,14 @@ fn normalise_f<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
 
 /// Multi-head scaled dot-product attention on `[n, L, C]` projections, scale `head_dim^-0.5`.
 /// Heads are split as `view(n, L, heads, hd).transpose(1, 2)`, as diffusers and transformers do.
+/// `kernel` picks the GPU routine for unmasked attention ([`GPU_ATTENTION_ENV`]).
 pub fn multi_head_attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     heads: usize,
     mask: Option<Tensor<B, 4, Bool>>,
+    kernel: GpuAttention,
 ) -> Tensor<B, 3> {
     let [n, lq, c] = q.dims();
     let lk = k.dims()[1];
@@ -433,8 +462,17 @@ pub fn multi_head_attention<B: Backend>(
             let out = cpu_kernels::attention(&q, &k, &v, n, lq, lk, c, heads);
             return tensor_from_vec(out, [n, lq, c], &device);
         }
+        #[cfg(feature = "cuda-base")]
+        None if kernel == GpuAttention::Flash => {
+            match crate::backend::cuda_flash_attention(split(q, lq), split(k, lk), split(v, lk)) {
+                Ok(out) => out,
+                Err((q, k, v)) => blocked_attention(q, k, v, None),
+            }
+        }
         mask => blocked_attention(split(q, lq), split(k, lk), split(v, lk), mask),
     };
+    #[cfg(not(feature = "cuda-base"))]
+    let _ = kernel;
     out.swap_dims(1, 2).reshape([n, lq, c])
 }
 

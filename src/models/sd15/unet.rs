@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
 use super::layers::{
-    geglu, multi_head_attention, upsample_nearest, Conv2d, GroupNorm, LayerNorm, Linear,
+    geglu, multi_head_attention, upsample_nearest, Conv2d, GpuAttention, GroupNorm, LayerNorm, Linear,
     ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
@@ -22,6 +22,7 @@ struct Attention<B: Backend> {
     to_v: Linear<B>,
     to_out: Linear<B>,
     heads: usize,
+    kernel: GpuAttention,
 }
 
 impl<B: Backend> Attention<B> {
@@ -32,6 +33,7 @@ impl<B: Backend> Attention<B> {
             to_v: Linear::load(ld, &format!("{p}.to_v"), ctx, c, false),
             to_out: Linear::load(ld, &format!("{p}.to_out.0"), c, c, true),
             heads,
+            kernel: ld.gpu_attention(),
         }
     }
 
@@ -42,6 +44,7 @@ impl<B: Backend> Attention<B> {
             self.to_v.forward(ctx),
             self.heads,
             None,
+            self.kernel,
         );
         self.to_out.forward(a)
     }

@@ -102,6 +102,8 @@ pub struct Loader<B: Backend> {
     /// `DDREP_GPU_CONV`, read once per part: how GPU backends run convs, or the one-line
     /// error for an unknown value (reported by `finish`).
     gpu_conv: std::result::Result<super::layers::GpuConv, String>,
+    /// `DDREP_GPU_ATTENTION`, read once per part, the same way.
+    gpu_attention: std::result::Result<super::layers::GpuAttention, String>,
 }
 
 impl<B: Backend> Loader<B> {
@@ -126,6 +128,7 @@ impl<B: Backend> Loader<B> {
             problems: Vec::new(),
             used: BTreeSet::new(),
             gpu_conv: super::layers::gpu_conv(),
+            gpu_attention: super::layers::gpu_attention(),
         }
     }
 
@@ -201,6 +204,12 @@ impl<B: Backend> Loader<B> {
         self.gpu_conv.clone().unwrap_or(super::layers::GpuConv::Native)
     }
 
+    /// How `DDREP_GPU_ATTENTION` asks GPU backends to run unmasked attention (an unknown value
+    /// reads as `blocked` here and is an error in `finish`).
+    pub fn gpu_attention(&self) -> super::layers::GpuAttention {
+        self.gpu_attention.clone().unwrap_or(super::layers::GpuAttention::Blocked)
+    }
+
     /// Every tensor asked for so far, with its expected shape.
     pub fn expected(&self) -> &[(String, Vec<usize>)] {
         &self.expected
@@ -224,7 +233,7 @@ impl<B: Backend> Loader<B> {
     /// Ends loading: one error listing every missing, mis-shaped or mistyped tensor (and, when
     /// `strict`, every extra one), or Ok.
     pub fn finish(self, strict: bool) -> Result<()> {
-        if let Err(e) = &self.gpu_conv {
+        if let Err(e) = self.gpu_conv.as_ref().and(self.gpu_attention.as_ref()) {
             bail!("{e}");
         }
         let mut problems = self.problems.clone();
