@@ -1,5 +1,8 @@
 //! Backend choices: the CPU (ndarray) backend by default, CUDA with the `cuda` feature.
 
+#[cfg(feature = "cuda-base")]
+use std::sync::atomic::AtomicBool;
+
 /// The CPU tensor backend.
 pub type Cpu = burn::backend::NdArray<f32>;
 /// The CPU backend with autodiff, for diffrep fits.
@@ -114,10 +117,8 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
         Ok(y) => Ok(back(y)),
         Err(e) => {
-            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                eprintln!("DDREP_GPU_CONV=implicit-gemm: burn-cubecl refused a conv of input {:?} ({e:?}); such convs run burn's conv2d", input.shape.dims);
-            }
+            static SAID: AtomicBool = AtomicBool::new(false);
+            say_once(&SAID, || format!("DDREP_GPU_CONV=implicit-gemm: burn-cubecl refused a conv of input {:?} ({e:?}); such convs run burn's conv2d", input.shape.dims));
             Err(back(input))
         }
     }
@@ -149,9 +150,12 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     let [n, heads, lq, d] = q.dims();
     let padded = d.div_ceil(16) * 16;
     let (q0, k0, v0) = (q.clone(), k.clone(), v.clone());
-    let pad = |t: Tensor<B, 4>| if padded == d { t } else { t.pad((0, padded - d, 0, 0), 0.0) };
-    let q = pad(q.mul_scalar((padded as f64 / d as f64).sqrt()));
-    let (k, v) = (pad(k), pad(v));
+    let (q, k, v) = if padded == d {
+        (q, k, v)
+    } else {
+        let pad = |t: Tensor<B, 4>| t.pad((0, padded - d, 0, 0), 0.0);
+        (pad(q.mul_scalar((padded as f64 / d as f64).sqrt())), pad(k), pad(v))
+    };
     let out = Tensor::<B, 4>::empty([n, heads, lq, padded], &q.device());
     let cube = |t: Tensor<B, 4>| -> Cube { burn_cubecl::kernel::into_contiguous(same_type(t.into_primitive().tensor())) };
     let (qc, kc, vc, oc) = (cube(q), cube(k), cube(v), cube(out));
@@ -180,12 +184,19 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
             Ok(if padded == d { out } else { out.narrow(3, 0, d) })
         }
         Err(e) => {
-            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                eprintln!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({e:?}); such attention runs the blocked path", q0.dims(), k0.dims());
-            }
+            static SAID: AtomicBool = AtomicBool::new(false);
+            say_once(&SAID, || format!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({e:?}); such attention runs the blocked path", q0.dims(), k0.dims()));
             Err((q0, k0, v0))
         }
+    }
+}
+
+/// Prints `message()` on stderr the first time `flag` is seen unset (a fallback worth one line,
+/// not one per layer and eval).
+#[cfg(feature = "cuda-base")]
+fn say_once(flag: &AtomicBool, message: impl FnOnce() -> String) {
+    if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{}", message());
     }
 }
 
