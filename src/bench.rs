@@ -154,7 +154,7 @@ fn bench_siren(a: &BenchArgs) -> Result<()> {
     let ours = siren_steps_per_s(a)?;
     println!("| framework | SIRENs | grid | width x depth | Adam steps/s | ms/step | threads |");
     println!("|---|---|---|---|---|---|---|");
-    println!("| ddrep (burn {} ndarray) | {} | {}x{} | {}x{} | {:.3} | {:.1} | {} |", "0.20.1", a.sirens, a.res, a.res, a.width, a.depth, ours, 1000.0 / ours, threads);
+    println!("| ddrep (burn 0.20.1 ndarray) | {} | {}x{} | {}x{} | {:.3} | {:.1} | {} |", a.sirens, a.res, a.res, a.width, a.depth, ours, 1000.0 / ours, threads);
     let script = repo_file("tools/bench/siren_bench.py");
     let script = script.to_str().unwrap_or_default();
     let torch = Command::new(&a.python)

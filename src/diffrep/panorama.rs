@@ -226,7 +226,7 @@ impl<B: SineBackend> PanoramaDiffrep<B> {
     /// Prepares given cameras (`n * V` of them, sample-major) for rendering.
     pub fn prepare(&self, cameras: Vec<Camera>, device: &B::Device) -> Result<PanoramaViews<B>> {
         let v = self.config.views.views;
-        if cameras.is_empty() || cameras.len() % v != 0 {
+        if cameras.is_empty() || !cameras.len().is_multiple_of(v) {
             bail!("panorama: {} cameras is not a positive multiple of {v} views per sample", cameras.len());
         }
         let n = cameras.len() / v;

@@ -86,7 +86,7 @@ impl SirenConfig {
         if h == 0 || w == 0 || self.out_channels == 0 || self.width == 0 {
             bail!("siren: resolution, out_channels and width must be positive");
         }
-        if self.embedding_size == 0 || self.embedding_size % 4 != 0 {
+        if self.embedding_size == 0 || !self.embedding_size.is_multiple_of(4) {
             bail!("siren.embedding_size must be a positive multiple of 4, got {}", self.embedding_size);
         }
         if !(self.omega.is_finite() && self.omega > 0.0) {

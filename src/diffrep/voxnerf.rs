@@ -306,7 +306,7 @@ impl VoxNerfDiffrep {
     pub fn prepare_with<B: Backend>(&self, cameras: Vec<Camera>, per_sample: usize, device: &B::Device) -> Result<NerfViews<B>> {
         let cfg = &self.config;
         let v = per_sample;
-        if v == 0 || cameras.is_empty() || cameras.len() % v != 0 {
+        if v == 0 || cameras.is_empty() || !cameras.len().is_multiple_of(v) {
             bail!("voxnerf: {} cameras is not a positive multiple of {v} views per sample", cameras.len());
         }
         let [h, w] = cfg.views.resolution;

@@ -137,7 +137,7 @@ impl SjcConfig {
 
     /// Whether iteration `it` is logged in the diagnostics.
     pub(super) fn logs(&self, it: usize) -> bool {
-        self.log_every > 0 && (it % self.log_every == 0 || it + 1 == self.iters)
+        self.log_every > 0 && (it.is_multiple_of(self.log_every) || it + 1 == self.iters)
     }
 
     /// A training timestep uniform over the kept sigmas. Sigmas sorted from largest to

@@ -45,7 +45,7 @@ impl<B: Backend> ClipTextModel<B> {
         if c.hidden_act != "quick_gelu" && c.hidden_act != "gelu" {
             bail!("text_encoder/config.json: hidden_act = {} is not supported (quick_gelu or gelu)", c.hidden_act);
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             bail!(
                 "text_encoder/config.json: hidden_size {} is not divisible by num_attention_heads {}",
                 c.hidden_size,

@@ -209,7 +209,7 @@ impl UnetConfig {
         if self.timestep_post_act.is_some() {
             return Err(unsupported("timestep_post_act", format!("{:?}", self.timestep_post_act)));
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err(unsupported("conv_in_kernel/conv_out_kernel", "an even size".into()));
         }
         // Shapes the layers need (else a norm or head split would fail inside the forward).

@@ -439,7 +439,7 @@ const CHUNK: usize = 1 << 14;
 
 /// Layer norm over the last axis (`c` values per row), in place; statistics in f64.
 pub fn layer_norm(x: &mut [f32], c: usize, w: &[f32], b: &[f32], eps: f64) {
-    assert!(c > 0 && x.len() % c == 0);
+    assert!(c > 0 && x.len().is_multiple_of(c));
     assert_eq!((w.len(), b.len()), (c, c));
     let rows_per_task = (CHUNK / c).max(1);
     x.par_chunks_mut(rows_per_task * c).for_each(|rows| {
@@ -474,7 +474,7 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) {
-    assert!(groups > 0 && c % groups == 0);
+    assert!(groups > 0 && c.is_multiple_of(groups));
     assert_eq!(x.len(), n * c * hw);
     assert_eq!((w.len(), b.len()), (c, c));
     let cg = c / groups;
@@ -574,7 +574,7 @@ pub fn attention(
     c: usize,
     heads: usize,
 ) -> Vec<f32> {
-    assert!(heads > 0 && c % heads == 0 && lk > 0);
+    assert!(heads > 0 && c.is_multiple_of(heads) && lk > 0);
     assert_eq!(q.len(), n * lq * c);
     assert_eq!(k.len(), n * lk * c);
     assert_eq!(v.len(), n * lk * c);
@@ -586,6 +586,9 @@ pub fn attention(
     (0..n * heads * blocks).into_par_iter().for_each_init(
         || vec![0f32; QUERY_BLOCK * lk],
         |scores, task| {
+            // Captures the whole `SendPtr` (Send), not its raw-pointer field (not Send), which
+            // is what the closure would capture from `dst.0` alone.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             let (b, rest) = (task / (heads * blocks), task % (heads * blocks));
             let (h, blk) = (rest / blocks, rest % blocks);

@@ -107,7 +107,7 @@ impl ClipTokenizer {
             }
             if let Some(n) = v.get("model_max_length").and_then(Value::as_f64) {
                 // Some configs store a huge sentinel for "no limit"; keep CLIP's 77 then.
-                if n >= 2.0 && n <= 4096.0 {
+                if (2.0..=4096.0).contains(&n) {
                     max_len = n as usize;
                 }
             }

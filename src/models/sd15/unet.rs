@@ -192,7 +192,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             ctx.push(cfg.cross_attention_dim.get(i, nb)?);
             tl.push(cfg.transformer_layers_per_block.get(i, nb)?);
             lpb.push(cfg.layers_per_block.get(i, nb)?);
-            if ch[i] % heads[i] != 0 || ch[i] % cfg.norm_num_groups != 0 {
+            if !ch[i].is_multiple_of(heads[i]) || !ch[i].is_multiple_of(cfg.norm_num_groups) {
                 bail!("unet/config.json: block_out_channels[{i}] = {} is not divisible by its heads {} and norm_num_groups {}", ch[i], heads[i], cfg.norm_num_groups);
             }
         }
