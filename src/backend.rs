@@ -31,10 +31,11 @@ pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 /// write, so concurrent runs share them and a killed run keeps what it had finished. cubecl
 /// keys compiled kernels by kernel alone, so the PTX goes under a folder named for the GPU's
 /// architecture and the driver ([`gpu_tag`]): PTX built for one would not load on another; no
-/// PTX cache when that cannot be read. Call before the first GPU tensor (cubecl reads its config
-/// once); later calls do nothing.
+/// PTX cache when that cannot be read. [`check_device`] calls this once it has found the
+/// driver, before the first GPU tensor (cubecl reads its config once), so CPU runs of a cuda
+/// build never touch the driver; later calls do nothing.
 #[cfg(feature = "cuda-base")]
-pub fn configure_gpu_kernels() {
+fn configure_gpu_kernels() {
     use burn::cubecl::config::{cache::CacheConfig, GlobalConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -59,7 +60,7 @@ pub fn configure_gpu_kernels() {
 /// read from the driver library directly, before cubecl starts; `None` without a driver or GPU.
 #[cfg(feature = "cuda-base")]
 fn gpu_tag() -> Option<String> {
-    use libloading::{Library, Symbol};
+    use libloading::Symbol;
     type Init = unsafe extern "C" fn(u32) -> i32;
     type DriverVersion = unsafe extern "C" fn(*mut i32) -> i32;
     type DeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
@@ -71,7 +72,7 @@ fn gpu_tag() -> Option<String> {
     // CUDA_SUCCESS (0) before its output is read. The library stays loaded (cudarc loads it
     // again for cubecl; unloading an initialised driver is not something to rely on).
     unsafe {
-        let lib = ["libcuda.so.1", "libcuda.so"].iter().find_map(|n| Library::new(n).ok())?;
+        let lib = driver_library()?;
         let tag = (|| {
             let init: Symbol<Init> = lib.get(b"cuInit\0").ok()?;
             let driver_version: Symbol<DriverVersion> = lib.get(b"cuDriverGetVersion\0").ok()?;
@@ -104,9 +105,7 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
     use burn::tensor::{Tensor, TensorPrimitive};
     use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
-    use std::any::TypeId;
-    type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
-    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Cube>() {
+    if !plain_cuda::<B>() {
         return Err(x);
     }
     let float = |t: TensorPrimitive<B>| -> Cube { same_type(t.tensor()) };
@@ -142,9 +141,7 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     use burn::tensor::{DType, Tensor, TensorPrimitive};
     use cubek::attention::definition::{AccumulatorPrecision, AttentionGlobalTypes, AttentionOptions};
     use cubek::attention::launch::{launch_ref, BlueprintStrategy, Strategy};
-    use std::any::TypeId;
-    type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
-    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Cube>() {
+    if !plain_cuda::<B>() {
         return Err((q, k, v));
     }
     let [n, heads, lq, d] = q.dims();
@@ -191,6 +188,17 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// A float tensor of plain burn-cuda (no fusion), as burn-cubecl's and cubek's kernels take it.
+#[cfg(feature = "cuda-base")]
+type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
+
+/// Whether `B`'s float tensors are [`Cube`] tensors, which [`same_type`] may then move between
+/// the two names.
+#[cfg(feature = "cuda-base")]
+fn plain_cuda<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
+}
+
 /// Prints `message()` on stderr the first time `flag` is seen unset (a fallback worth one line,
 /// not one per layer and eval).
 #[cfg(feature = "cuda-base")]
@@ -200,7 +208,7 @@ fn say_once(flag: &AtomicBool, message: impl FnOnce() -> String) {
     }
 }
 
-/// Moves a value between two names of one type; the callers check the `TypeId`s first.
+/// Moves a value between two names of one type; the callers check that first ([`plain_cuda`]).
 #[cfg(feature = "cuda-base")]
 fn same_type<T: 'static, U: 'static>(t: T) -> U {
     let mut slot = Some(t);
@@ -217,6 +225,15 @@ pub fn gpu_kernels() -> &'static str {
     }
 }
 
+/// The NVIDIA driver library, by the names cudarc loads it by.
+///
+/// # Safety
+/// Loading it runs its initialisers.
+#[cfg(feature = "cuda-base")]
+unsafe fn driver_library() -> Option<libloading::Library> {
+    ["libcuda.so.1", "libcuda.so"].iter().find_map(|n| libloading::Library::new(n).ok())
+}
+
 /// Checks a `--device` name against this build and, for `cuda`, that the NVIDIA driver
 /// library can be loaded: cudarc panics at the first tensor when it cannot, so a machine
 /// without a driver gets this one-line error instead.
@@ -225,11 +242,10 @@ pub fn check_device(device: &str) -> anyhow::Result<()> {
         "cpu" => Ok(()),
         #[cfg(feature = "cuda-base")]
         "cuda" => {
-            for name in ["libcuda.so.1", "libcuda.so"] {
-                // SAFETY: loading the driver library runs its initialisers, as cudarc would.
-                if unsafe { libloading::Library::new(name) }.is_ok() {
-                    return Ok(());
-                }
+            // SAFETY: loading the driver library runs its initialisers, as cudarc would.
+            if unsafe { driver_library() }.is_some() {
+                configure_gpu_kernels();
+                return Ok(());
             }
             anyhow::bail!("--device cuda: the NVIDIA driver library (libcuda.so.1) is not found on this machine; install the driver or set LD_LIBRARY_PATH to its folder, or use --device cpu")
         }

@@ -350,8 +350,6 @@ fn decode_on<B: Backend>(a: &DecodeArgs, device: &B::Device) -> Result<()> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    #[cfg(feature = "cuda-base")]
-    crate::backend::configure_gpu_kernels();
     crate::models::sd15::layers::gpu_conv().map_err(|e| anyhow::anyhow!(e))?;
     crate::models::sd15::layers::gpu_attention().map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {

@@ -42,7 +42,7 @@ for d in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stub
     export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$PWD/.gpu/lib"
-# ddrep's kernel caches (src/backend.rs configure_gpu_kernels: <cache dir>/cubecl).
+# ddrep's kernel caches (src/backend.rs configure_gpu_kernels, run by check_device: <cache dir>/cubecl).
 CACHE_DIR="${DDREP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ddrep}"
 mkdir -p "$CACHE_DIR"
 {

@@ -201,13 +201,13 @@ impl<B: Backend> Loader<B> {
     /// How `DDREP_GPU_CONV` asks GPU backends to run convolutions (an unknown value reads as
     /// `native` here and is an error in `finish`).
     pub fn gpu_conv(&self) -> super::layers::GpuConv {
-        self.gpu_conv.clone().unwrap_or(super::layers::GpuConv::Native)
+        self.gpu_conv.as_ref().map_or(super::layers::GpuConv::Native, |c| *c)
     }
 
     /// How `DDREP_GPU_ATTENTION` asks GPU backends to run unmasked attention (an unknown value
     /// reads as `blocked` here and is an error in `finish`).
     pub fn gpu_attention(&self) -> super::layers::GpuAttention {
-        self.gpu_attention.clone().unwrap_or(super::layers::GpuAttention::Blocked)
+        self.gpu_attention.as_ref().map_or(super::layers::GpuAttention::Blocked, |a| *a)
     }
 
     /// Every tensor asked for so far, with its expected shape.
