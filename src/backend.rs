@@ -126,10 +126,9 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
 /// `softmax(q k^T / sqrt(d)) v` on `[n, heads, L, d]` by cubek's tensor-core flash-attention
 /// routine (`BlackboxAccelerated`, 16x16 tiles, f32 accumulation, no causal mask), for
 /// `DDREP_GPU_ATTENTION=flash`. The routine needs `d` to be a multiple of 16 (SD1.5's 40 is
-/// not): `d` is padded with zero columns, which leave `q k^T` and the kept output columns as
-/// they are, and `q` is scaled by `sqrt(padded d / d)` against the routine's own
-/// `1 / sqrt(padded d)`. `Err((q, k, v))` hands the inputs back when `B` is not plain
-/// burn-cuda, or when the routine refuses the problem (said once on stderr).
+/// not): `layers::attention_with_padded_head_dim` pads it.
+/// `Err((q, k, v))` hands the inputs back when `B` is not plain burn-cuda, when `d` is above
+/// [`FLASH_MAX_HEAD_DIM`], or when the routine refuses the problem (said once on stderr).
 #[cfg(feature = "cuda-base")]
 #[allow(clippy::type_complexity)]
 pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
@@ -141,52 +140,49 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     use burn::tensor::{DType, Tensor, TensorPrimitive};
     use cubek::attention::definition::{AccumulatorPrecision, AttentionGlobalTypes, AttentionOptions};
     use cubek::attention::launch::{launch_ref, BlueprintStrategy, Strategy};
-    if !plain_cuda::<B>() {
+    if !plain_cuda::<B>() || q.dims()[3] > FLASH_MAX_HEAD_DIM {
         return Err((q, k, v));
     }
-    let [n, heads, lq, d] = q.dims();
-    let padded = d.div_ceil(16) * 16;
-    let (q0, k0, v0) = (q.clone(), k.clone(), v.clone());
-    let (q, k, v) = if padded == d {
-        (q, k, v)
-    } else {
-        let pad = |t: Tensor<B, 4>| t.pad((0, padded - d, 0, 0), 0.0);
-        (pad(q.mul_scalar((padded as f64 / d as f64).sqrt())), pad(k), pad(v))
+    let inputs = (q.clone(), k.clone(), v.clone());
+    let flash = |q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>| {
+        let out = Tensor::<B, 4>::empty(q.dims(), &q.device());
+        let cube = |t: Tensor<B, 4>| -> Cube { burn_cubecl::kernel::into_contiguous(same_type(t.into_primitive().tensor())) };
+        let (qc, kc, vc, oc) = (cube(q), cube(k), cube(v), cube(out));
+        let float = match qc.dtype {
+            DType::F16 => FloatKind::F16,
+            DType::BF16 => FloatKind::BF16,
+            _ => FloatKind::F32,
+        };
+        launch_ref::<burn::cubecl::cuda::CudaRuntime>(
+            Strategy::BlackboxAccelerated(BlueprintStrategy::Inferred(())),
+            &qc.client,
+            &qc.as_handle_ref(),
+            &kc.as_handle_ref(),
+            &vc.as_handle_ref(),
+            &None,
+            &oc.as_handle_ref(),
+            &AttentionGlobalTypes::from_single_dtype(StorageType::Scalar(ElemType::Float(float))),
+            AttentionOptions {
+                causal: false,
+                accumulator_precision: AccumulatorPrecision::Strict(StorageType::Scalar(ElemType::Float(FloatKind::F32))),
+            },
+        )
+        .map(|()| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(oc))))
     };
-    let out = Tensor::<B, 4>::empty([n, heads, lq, padded], &q.device());
-    let cube = |t: Tensor<B, 4>| -> Cube { burn_cubecl::kernel::into_contiguous(same_type(t.into_primitive().tensor())) };
-    let (qc, kc, vc, oc) = (cube(q), cube(k), cube(v), cube(out));
-    let float = match qc.dtype {
-        DType::F16 => FloatKind::F16,
-        DType::BF16 => FloatKind::BF16,
-        _ => FloatKind::F32,
-    };
-    let launched = launch_ref::<burn::cubecl::cuda::CudaRuntime>(
-        Strategy::BlackboxAccelerated(BlueprintStrategy::Inferred(())),
-        &qc.client,
-        &qc.as_handle_ref(),
-        &kc.as_handle_ref(),
-        &vc.as_handle_ref(),
-        &None,
-        &oc.as_handle_ref(),
-        &AttentionGlobalTypes::from_single_dtype(StorageType::Scalar(ElemType::Float(float))),
-        AttentionOptions {
-            causal: false,
-            accumulator_precision: AccumulatorPrecision::Strict(StorageType::Scalar(ElemType::Float(FloatKind::F32))),
-        },
-    );
-    match launched {
-        Ok(()) => {
-            let out = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(oc)));
-            Ok(if padded == d { out } else { out.narrow(3, 0, d) })
-        }
-        Err(e) => {
-            static SAID: AtomicBool = AtomicBool::new(false);
-            say_once(&SAID, || format!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({e:?}); such attention runs the blocked path", q0.dims(), k0.dims()));
-            Err((q0, k0, v0))
-        }
-    }
+    crate::models::sd15::layers::attention_with_padded_head_dim(q, k, v, 16, flash).map_err(|e| {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        say_once(&SAID, || format!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({e:?}); such attention runs the blocked path", inputs.0.dims(), inputs.1.dims()));
+        inputs
+    })
 }
+
+/// The widest head that [`cuda_flash_attention`] takes: SD1.5's UNet heads are 40, 80 and 160
+/// wide. cubek's inferred blueprint keeps a 16-query tile's whole output row block, `d / 16`
+/// f32 accumulator tiles, in one plane's registers, so the VAE's single 512-wide head would
+/// need 32 of them (256 registers a lane for the accumulators alone) and spill; it runs the
+/// blocked path. (A limit from the blueprint's arithmetic, not yet measured on a GPU.)
+#[cfg(feature = "cuda-base")]
+const FLASH_MAX_HEAD_DIM: usize = 160;
 
 /// A float tensor of plain burn-cuda (no fusion), as burn-cubecl's and cubek's kernels take it.
 #[cfg(feature = "cuda-base")]

@@ -3,7 +3,8 @@
 # .whl/ carried there (made by tools/gpu/prepare.sh). Steps run in the order STEPS names them
 # (default: all, in this order):
 #   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep parity`
-#            f16 with DDREP_GPU_CONV=implicit-gemm and DDREP_GPU_ATTENTION=flash, then `ddrep
+#            f16 with DDREP_GPU_CONV=implicit-gemm and DDREP_GPU_ATTENTION=flash (if it fails,
+#            again with the convolution alone), then `ddrep
 #            bench unet --full-only` f16: native (burn-cubecl's direct conv; diffusers beside
 #            it), implicit-gemm, implicit-gemm + flash, im2col (compare with the first's
 #            diffusers number);
@@ -14,6 +15,8 @@
 #   parity   `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
 #   sample   `ddrep sample --method ddrep` end to end on the tiny model in f16;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
+#   bprofile the same on the cuda-base binary with DDREP_GPU_CONV=implicit-gemm and
+#            DDREP_GPU_ATTENTION=flash (into profile.txt too);
 #   im2col   the `cuda` binary with DDREP_GPU_CONV=im2col: parity f16, bench f16;
 #   fusion   the cuda-fusion binary (when prepare.sh built it): parity f16, bench f16.
 # Autotune (the `cuda` binary) times every candidate kernel of each new shape, and each
@@ -25,7 +28,7 @@
 # Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 8.
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-base bench dparity parity sample profile im2col fusion}
+STEPS=${STEPS:-base bprofile bench dparity parity sample profile im2col fusion}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
@@ -76,6 +79,26 @@ step() {
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
 }
+# profile BINARY: one SD1.5-size f16 eval under cubecl's kernel profiler, its last table
+# (name | time | launches | share) appended to profile.txt.
+profile() {
+    rm -f /tmp/cubecl-profile.log
+    DDREP_GPU_PROFILE=/tmp/cubecl-profile.log step profile.txt 150 "$1" bench unet --full-only --device cuda --precision f16 \
+        --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
+    python3 - >> "$OUT/profile.txt" 2>&1 <<'EOF'
+import re
+try:
+    text = open("/tmp/cubecl-profile.log", encoding="utf-8", errors="replace").read()
+except OSError as e:
+    raise SystemExit(f"no profile log: {e}")
+blocks = [b for b in text.split("⎺") if "Total" in b]
+print(f"{len(blocks)} profile tables; the last (last SD1.5 eval), first 45 rows (name | time | launches | share):")
+for line in blocks[-1].splitlines()[:48] if blocks else []:
+    if line.startswith("| "):
+        cells = [re.sub(r"\s+", " ", c).strip() for c in line.strip().strip("|").split(" | ")]
+        print(" | ".join(c if i else c[:110] for i, c in enumerate(cells)))
+EOF
+}
 BENCH="bench unet --full-only --device cuda --warmup 2 --evals 20 --full-evals 10 --python python3"
 
 for s in $STEPS; do
@@ -83,6 +106,9 @@ for s in $STEPS; do
     base)
         if [ -x "$BB" ]; then
             DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash step base.txt 60 "$BB" parity --device cuda --precision f16
+            # A failure of the pair is told apart by the convolution alone.
+            tail -1 "$OUT/base.txt" | grep -qx "exit 0" \
+                || DDREP_GPU_CONV=implicit-gemm step base.txt 60 "$BB" parity --device cuda --precision f16
             step base.txt 100 "$BB" $BENCH --precision f16
             for kernels in "implicit-gemm blocked" "implicit-gemm flash" "im2col blocked"; do
                 set -- $kernels
@@ -107,23 +133,14 @@ for s in $STEPS; do
     profile)
         # Each device sync (one per eval) appends the table of kernel times since the last one;
         # the last table is the last full SD1.5 eval.
-        rm -f /tmp/cubecl-profile.log
-        DDREP_GPU_PROFILE=/tmp/cubecl-profile.log step profile.txt 150 "$B" bench unet --full-only --device cuda --precision f16 \
-            --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
-        python3 - >> "$OUT/profile.txt" 2>&1 <<'EOF'
-import re
-try:
-    text = open("/tmp/cubecl-profile.log", encoding="utf-8", errors="replace").read()
-except OSError as e:
-    raise SystemExit(f"no profile log: {e}")
-blocks = [b for b in text.split("⎺") if "Total" in b]
-print(f"{len(blocks)} profile tables; the last (last SD1.5 eval), first 45 rows (name | time | launches | share):")
-for line in blocks[-1].splitlines()[:48] if blocks else []:
-    if line.startswith("| "):
-        cells = [re.sub(r"\s+", " ", c).strip() for c in line.strip().strip("|").split(" | ")]
-        print(" | ".join(c if i else c[:110] for i, c in enumerate(cells)))
-EOF
-        ;;
+        profile "$B" ;;
+    bprofile)
+        # The same on the cuda-base binary with the tensor-core kernels: what is left to gain.
+        if [ -x "$BB" ]; then
+            DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash profile "$BB"
+        else
+            echo "no .gpu/ddrep-base.xz: bprofile skipped" | tee -a "$OUT/profile.txt"
+        fi ;;
     im2col)
         DDREP_GPU_CONV=im2col step variants.txt 120 "$B" parity --device cuda --precision f16
         DDREP_GPU_CONV=im2col step variants.txt 240 "$B" $BENCH --precision f16 ;;

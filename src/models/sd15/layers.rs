@@ -476,6 +476,28 @@ pub fn multi_head_attention<B: Backend>(
     out.swap_dims(1, 2).reshape([n, lq, c])
 }
 
+/// Runs `routine`, an unmasked attention that scales by `1 / sqrt` of the head dim it is
+/// given, on `[n, heads, L, d]` inputs whose head dim is zero-padded to a multiple of
+/// `multiple` (a tensor-core routine's tile). Zero columns leave `q k^T` as it is and add zero
+/// output columns, which are cut off again; `q` is scaled by `sqrt(padded / d)` against the
+/// routine's `1 / sqrt(padded)`. An `Err` from the routine is passed through.
+pub(crate) fn attention_with_padded_head_dim<B: Backend, E>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    multiple: usize,
+    routine: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Result<Tensor<B, 4>, E>,
+) -> Result<Tensor<B, 4>, E> {
+    let d = q.dims()[3];
+    let padded = d.div_ceil(multiple) * multiple;
+    if padded == d {
+        return routine(q, k, v);
+    }
+    let pad = |t: Tensor<B, 4>| t.pad((0, padded - d, 0, 0), 0.0);
+    let out = routine(pad(q.mul_scalar((padded as f64 / d as f64).sqrt())), pad(k), pad(v))?;
+    Ok(out.narrow(3, 0, d))
+}
+
 /// Scores in one block stay below this many elements (512 MB in f32).
 const ATTENTION_BLOCK_ELEMS: usize = 1 << 27;
 
@@ -691,6 +713,36 @@ mod tests {
             run::<Cpu>(2 * 2 * 7 * 3, causal, 1e-5);
             run::<Cpu>(usize::MAX, causal, 1e-5);
             run::<burn_candle::Candle<half::f16>>(2 * 2 * 7 * 3, causal, 5e-3);
+        }
+    }
+
+    /// Padding the head dim for a tile-sized routine (here the blocked path, which scales by
+    /// its input's head dim) gives the attention of the unpadded inputs: d = 5 and 40 padded
+    /// to 16 and 48, d = 16 passed through; the routine sees only multiples of 16.
+    #[test]
+    fn padded_head_dim_attention_matches_its_definition() {
+        for d in [5, 16, 40] {
+            let (n, h, lq, lk) = (1, 2, 6, 9);
+            let val = |i: usize, s: usize| (((i * s + 3) % 19) as f32 - 9.0) / 9.0;
+            let mk = |l: usize, s: usize| (0..n * h * l * d).map(|i| val(i, s)).collect::<Vec<f32>>();
+            let (qv, kv, vv) = (mk(lq, 5), mk(lk, 7), mk(lk, 11));
+            let dev = Default::default();
+            let t = |v: &Vec<f32>, l: usize| Tensor::<Cpu, 4>::from_data(TensorData::new(v.clone(), [n, h, l, d]), &dev);
+            let got = attention_with_padded_head_dim(t(&qv, lq), t(&kv, lk), t(&vv, lk), 16, |q, k, v| {
+                assert_eq!(q.dims()[3] % 16, 0, "the routine got head dim {}", q.dims()[3]);
+                Ok::<_, ()>(blocked_attention(q, k, v, None))
+            })
+            .unwrap();
+            assert_eq!(got.dims(), [n, h, lq, d]);
+            let got: Vec<f32> = got.into_data().into_vec().unwrap();
+            for b in 0..n * h {
+                let head = |v: &Vec<f32>, l: usize| v[b * l * d..(b + 1) * l * d].iter().map(|&x| x as f64).collect::<Vec<f64>>();
+                let want = attention_f64(&head(&qv, lq), &head(&kv, lk), &head(&vv, lk), d, |_, _| true);
+                for (idx, w) in want.iter().enumerate() {
+                    let g = got[b * lq * d + idx] as f64;
+                    assert!((g - w).abs() <= 1e-5, "d {d} head {b} [{}, {}]: {g} vs {w}", idx / d, idx % d);
+                }
+            }
         }
     }
 
