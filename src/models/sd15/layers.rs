@@ -431,9 +431,29 @@ fn half_dtype<B: Backend>() -> Option<FloatDType> {
 }
 
 fn normalise_f<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
-    let xc = x.clone() - x.mean_dim(2);
-    let var = xc.clone().powi_scalar(2).mean_dim(2);
+    let xc = x.clone() - mean_last(x);
+    let var = mean_last(xc.clone().powi_scalar(2));
     xc / var.add_scalar(eps).sqrt()
+}
+
+/// Rows at least this many chunks long are averaged in two stages by [`mean_last`].
+const MEAN_SPLIT_MIN_CHUNKS: usize = 8;
+/// The first stage's chunk length in [`mean_last`].
+const MEAN_CHUNK: usize = 256;
+
+/// Mean over the last axis of `[a, b, m]`, as `[a, b, 1]`. A long row whose length is a
+/// multiple of [`MEAN_CHUNK`] is averaged in two stages, over chunks and then over the chunks'
+/// means (equal chunks, so the same mean). Why: burn-cubecl without autotune reduces every
+/// output row in one GPU thread (cubek-reduce's `Unit` routine), so a group norm's statistics,
+/// 2 x 32 rows of up to 30 x 4096 elements in SD1.5, would run on 64 threads walking each row
+/// alone; in chunks they run on thousands. (From the kernels' source; not yet timed on a GPU.)
+fn mean_last<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [a, b, m] = x.dims();
+    if m % MEAN_CHUNK == 0 && m / MEAN_CHUNK >= MEAN_SPLIT_MIN_CHUNKS {
+        x.reshape([a, b, m / MEAN_CHUNK, MEAN_CHUNK]).mean_dim(3).mean_dim(2).reshape([a, b, 1])
+    } else {
+        x.mean_dim(2)
+    }
 }
 
 /// Multi-head scaled dot-product attention on `[n, L, C]` projections, scale `head_dim^-0.5`.
@@ -741,6 +761,30 @@ mod tests {
                 for (idx, w) in want.iter().enumerate() {
                     let g = got[b * lq * d + idx] as f64;
                     assert!((g - w).abs() <= 1e-5, "d {d} head {b} [{}, {}]: {g} vs {w}", idx / d, idx % d);
+                }
+            }
+        }
+    }
+
+    /// The norm's two-stage mean gives the one-stage answer: rows of 40 (one stage), 2560
+    /// (10 chunks, SD1.5's 8x8 group) and 4096 x 3 (48 chunks) against the f64 definition, in
+    /// f32 through burn's ops.
+    #[test]
+    fn norm_statistics_in_chunks_match_the_definition() {
+        for m in [40, 2560, 3 * 4096] {
+            let rows = 3;
+            let v: Vec<f32> = (0..rows * m).map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.25 + (i / m) as f32 * 7.0).collect();
+            let x = Tensor::<Cpu, 3>::from_data(TensorData::new(v.clone(), [1, rows, m]), &Default::default());
+            let means: Vec<f32> = mean_last(x.clone()).into_data().into_vec().unwrap();
+            let got: Vec<f32> = normalise_last(x, 1e-5).into_data().into_vec().unwrap();
+            for (r, row) in v.chunks(m).enumerate() {
+                let mean = row.iter().map(|&a| a as f64).sum::<f64>() / m as f64;
+                let var = row.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / m as f64;
+                assert!((means[r] as f64 - mean).abs() <= 1e-5 * mean.abs().max(1.0), "m {m} row {r}: mean {} vs {mean}", means[r]);
+                for (j, &a) in row.iter().enumerate() {
+                    let want = (a as f64 - mean) / (var + 1e-5).sqrt();
+                    let g = got[r * m + j] as f64;
+                    assert!((g - want).abs() <= 1e-4, "m {m} row {r} element {j}: {g} vs {want}");
                 }
             }
         }
