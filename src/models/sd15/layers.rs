@@ -501,6 +501,7 @@ pub fn multi_head_attention<B: Backend>(
 /// `multiple` (a tensor-core routine's tile). Zero columns leave `q k^T` as it is and add zero
 /// output columns, which are cut off again; `q` is scaled by `sqrt(padded / d)` against the
 /// routine's `1 / sqrt(padded)`. An `Err` from the routine is passed through.
+#[cfg(any(test, feature = "cuda-base"))]
 pub(crate) fn attention_with_padded_head_dim<B: Backend, E>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
