@@ -431,28 +431,50 @@ fn half_dtype<B: Backend>() -> Option<FloatDType> {
 }
 
 fn normalise_f<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
-    let xc = x.clone() - mean_last(x);
-    let var = mean_last(xc.clone().powi_scalar(2));
+    let xc = x.clone() - reduce_last(x, RowReduce::Mean);
+    let var = reduce_last(xc.clone().powi_scalar(2), RowReduce::Mean);
     xc / var.add_scalar(eps).sqrt()
 }
 
-/// Rows at least this many chunks long are averaged in two stages by [`mean_last`].
-const MEAN_SPLIT_MIN_CHUNKS: usize = 8;
-/// The first stage's chunk length in [`mean_last`].
-const MEAN_CHUNK: usize = 256;
+/// Rows at least this many chunks long are reduced in two stages by [`reduce_last`].
+const SPLIT_MIN_CHUNKS: usize = 8;
+/// The first stage's chunk length in [`reduce_last`].
+const CHUNK: usize = 256;
 
-/// Mean over the last axis of `[a, b, m]`, as `[a, b, 1]`. A long row whose length is a
-/// multiple of [`MEAN_CHUNK`] is averaged in two stages, over chunks and then over the chunks'
-/// means (equal chunks, so the same mean). Why: burn-cubecl without autotune reduces every
-/// output row in one GPU thread (cubek-reduce's `Unit` routine), so a group norm's statistics,
-/// 2 x 32 rows of up to 30 x 4096 elements in SD1.5, would run on 64 threads walking each row
-/// alone; in chunks they run on thousands. (From the kernels' source; not yet timed on a GPU.)
-fn mean_last<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [a, b, m] = x.dims();
-    if m % MEAN_CHUNK == 0 && m / MEAN_CHUNK >= MEAN_SPLIT_MIN_CHUNKS {
-        x.reshape([a, b, m / MEAN_CHUNK, MEAN_CHUNK]).mean_dim(3).mean_dim(2).reshape([a, b, 1])
+/// A reduction over a row, as [`reduce_last`] runs it.
+#[derive(Clone, Copy)]
+enum RowReduce {
+    Mean,
+    Sum,
+    Max,
+}
+
+/// Reduces the last axis of `x` to length 1 (`mean_dim`, `sum_dim` or `max_dim`). A long row
+/// whose length is a multiple of [`CHUNK`] is reduced in two stages, over chunks and then over
+/// the chunks' results (equal chunks, so the same mean). Why: burn-cubecl without autotune
+/// reduces every output row in one GPU thread (cubek-reduce's `Unit` routine), so a group
+/// norm's statistics, 2 x 32 rows of up to 30 x 4096 elements in SD1.5, would run on 64
+/// threads walking each row alone; in chunks they run on thousands. (From the kernels' source;
+/// not yet timed on a GPU.)
+fn reduce_last<B: Backend, const D: usize>(x: Tensor<B, D>, op: RowReduce) -> Tensor<B, D> {
+    let dims = x.dims();
+    let m = dims[D - 1];
+    if m % CHUNK == 0 && m / CHUNK >= SPLIT_MIN_CHUNKS {
+        let apply = |t: Tensor<B, 3>, dim: usize| match op {
+            RowReduce::Mean => t.mean_dim(dim),
+            RowReduce::Sum => t.sum_dim(dim),
+            RowReduce::Max => t.max_dim(dim),
+        };
+        let rows = dims[..D - 1].iter().product();
+        let mut out = dims;
+        out[D - 1] = 1;
+        apply(apply(x.reshape([rows, m / CHUNK, CHUNK]), 2), 1).reshape(out)
     } else {
-        x.mean_dim(2)
+        match op {
+            RowReduce::Mean => x.mean_dim(D - 1),
+            RowReduce::Sum => x.sum_dim(D - 1),
+            RowReduce::Max => x.max_dim(D - 1),
+        }
     }
 }
 
@@ -555,9 +577,9 @@ fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         // exp(s - max) in (0, 1] stays in the working precision. In half precision its row
         // sums (up to L = 4096 terms, which an f16 accumulator would stall on) and the division
         // run in f32, as PyTorch's attention accumulates.
-        let exps = (scores.clone() - scores.max_dim(3)).exp();
+        let exps = (scores.clone() - reduce_last(scores, RowReduce::Max)).exp();
         let to_f32 = |t: Tensor<B, 4>| if half.is_some() { t.cast(FloatDType::F32) } else { t };
-        let out = to_f32(exps.clone().matmul(v.clone())) / to_f32(exps).sum_dim(3);
+        let out = to_f32(exps.clone().matmul(v.clone())) / reduce_last(to_f32(exps), RowReduce::Sum);
         let out = match half {
             Some(h) => out.cast(h),
             None => out,
@@ -767,21 +789,27 @@ mod tests {
         }
     }
 
-    /// The norm's two-stage mean gives the one-stage answer: rows of 40 (one stage), 2560
-    /// (10 chunks, SD1.5's 8x8 group) and 4096 x 3 (48 chunks) against the f64 definition, in
-    /// f32 through burn's ops.
+    /// Two-stage row reductions give the one-stage answers: rows of 40 (one stage), 2560 (10
+    /// chunks, SD1.5's 8x8 group) and 4096 x 3 (48 chunks), mean, sum and max against f64,
+    /// and the norm built on them against its definition, in f32 through burn's ops.
     #[test]
-    fn norm_statistics_in_chunks_match_the_definition() {
+    fn row_reductions_in_chunks_match_the_definition() {
         for m in [40, 2560, 3 * 4096] {
             let rows = 3;
-            let v: Vec<f32> = (0..rows * m).map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.25 + (i / m) as f32 * 7.0).collect();
+            let v: Vec<f32> = (0..rows * m).map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.25 + (i / m) as f32 * 7.0 + if i % m == 1000 % m { 30.0 } else { 0.0 }).collect();
             let x = Tensor::<Cpu, 3>::from_data(TensorData::new(v.clone(), [1, rows, m]), &Default::default());
-            let means: Vec<f32> = mean_last(x.clone()).into_data().into_vec().unwrap();
+            let x4 = x.clone().reshape([1, 1, rows, m]);
+            let reduced = |op| -> Vec<f32> { reduce_last(x4.clone(), op).into_data().into_vec().unwrap() };
+            let (means, sums, maxes) = (reduced(RowReduce::Mean), reduced(RowReduce::Sum), reduced(RowReduce::Max));
             let got: Vec<f32> = normalise_last(x, 1e-5).into_data().into_vec().unwrap();
             for (r, row) in v.chunks(m).enumerate() {
-                let mean = row.iter().map(|&a| a as f64).sum::<f64>() / m as f64;
-                let var = row.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / m as f64;
+                let sum = row.iter().map(|&a| a as f64).sum::<f64>();
+                let mean = sum / m as f64;
+                let max = row.iter().cloned().fold(f32::MIN, f32::max);
                 assert!((means[r] as f64 - mean).abs() <= 1e-5 * mean.abs().max(1.0), "m {m} row {r}: mean {} vs {mean}", means[r]);
+                assert!((sums[r] as f64 - sum).abs() <= 1e-5 * sum.abs().max(1.0), "m {m} row {r}: sum {} vs {sum}", sums[r]);
+                assert_eq!(maxes[r], max, "m {m} row {r}: max");
+                let var = row.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / m as f64;
                 for (j, &a) in row.iter().enumerate() {
                     let want = (a as f64 - mean) / (var + 1e-5).sqrt();
                     let g = got[r * m + j] as f64;
