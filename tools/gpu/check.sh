@@ -5,9 +5,9 @@
 #   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep parity`
 #            f16 with DDREP_GPU_CONV=implicit-gemm and DDREP_GPU_ATTENTION=flash (if it fails,
 #            again with the convolution alone), then `ddrep
-#            bench unet --full-only` f16: native (burn-cubecl's direct conv; diffusers beside
-#            it), implicit-gemm, implicit-gemm + flash, im2col (compare with the first's
-#            diffusers number);
+#            bench unet --full-only` f16: implicit-gemm + flash (diffusers beside it),
+#            implicit-gemm, native (burn-cubecl's direct conv), im2col (compare with the
+#            first's diffusers number);
 #   bench    the `cuda` binary (autotune): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
 #   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32
@@ -109,8 +109,9 @@ for s in $STEPS; do
             # A failure of the pair is told apart by the convolution alone.
             tail -1 "$OUT/base.txt" | grep -qx "exit 0" \
                 || DDREP_GPU_CONV=implicit-gemm step base.txt 60 "$BB" parity --device cuda --precision f16
-            step base.txt 100 "$BB" $BENCH --precision f16
-            for kernels in "implicit-gemm blocked" "implicit-gemm flash" "im2col blocked"; do
+            # Likeliest fastest first, with diffusers beside it; the rest without diffusers.
+            DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash step base.txt 100 "$BB" $BENCH --precision f16
+            for kernels in "implicit-gemm blocked" "native blocked" "im2col blocked"; do
                 set -- $kernels
                 DDREP_GPU_CONV=$1 DDREP_GPU_ATTENTION=$2 step base.txt 100 "$BB" ${BENCH/python3/\/nonexistent} --precision f16
             done
