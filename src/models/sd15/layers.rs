@@ -450,32 +450,36 @@ enum RowReduce {
 }
 
 /// Reduces the last axis of `x` to length 1 (`mean_dim`, `sum_dim` or `max_dim`). A long row
-/// whose length is a multiple of [`CHUNK`] is reduced in two stages, over chunks and then over
-/// the chunks' results (equal chunks, so the same mean). Why: burn-cubecl without autotune
-/// reduces every output row in one GPU thread (cubek-reduce's `Unit` routine), so a group
-/// norm's statistics, 2 x 32 rows of up to 30 x 4096 elements in SD1.5, would run on 64
-/// threads walking each row alone; in chunks they run on thousands. (From the kernels' source;
-/// not yet timed on a GPU.)
+/// is reduced in stages: while its length is a multiple of [`CHUNK`] and at least
+/// [`SPLIT_MIN_CHUNKS`] chunks, each chunk is reduced to one value (equal chunks, so means of
+/// means are the mean), then the rest at once. Why: burn-cubecl without autotune reduces every
+/// output row in one GPU thread (cubek-reduce's `Unit` routine), so a group norm's statistics,
+/// 2 x 32 rows of up to 30 x 4096 elements in SD1.5's UNet (and 32 rows of 4 x 512 x 512 in
+/// its VAE decoder), would run on 64 threads walking each row alone; in chunks they run on
+/// thousands. (From the kernels' source; not yet timed on a GPU.)
 fn reduce_last<B: Backend, const D: usize>(x: Tensor<B, D>, op: RowReduce) -> Tensor<B, D> {
     let dims = x.dims();
-    let m = dims[D - 1];
-    if m % CHUNK == 0 && m / CHUNK >= SPLIT_MIN_CHUNKS {
-        let apply = |t: Tensor<B, 3>, dim: usize| match op {
-            RowReduce::Mean => t.mean_dim(dim),
-            RowReduce::Sum => t.sum_dim(dim),
-            RowReduce::Max => t.max_dim(dim),
-        };
-        let rows = dims[..D - 1].iter().product();
-        let mut out = dims;
-        out[D - 1] = 1;
-        apply(apply(x.reshape([rows, m / CHUNK, CHUNK]), 2), 1).reshape(out)
-    } else {
-        match op {
+    let mut out = dims;
+    out[D - 1] = 1;
+    let (rows, mut len) = (dims[..D - 1].iter().product::<usize>(), dims[D - 1]);
+    if len % CHUNK != 0 || len / CHUNK < SPLIT_MIN_CHUNKS {
+        return match op {
             RowReduce::Mean => x.mean_dim(D - 1),
             RowReduce::Sum => x.sum_dim(D - 1),
             RowReduce::Max => x.max_dim(D - 1),
-        }
+        };
     }
+    let apply = |t: Tensor<B, 3>| match op {
+        RowReduce::Mean => t.mean_dim(2),
+        RowReduce::Sum => t.sum_dim(2),
+        RowReduce::Max => t.max_dim(2),
+    };
+    let mut t = x.reshape([rows, 1, len]);
+    while len % CHUNK == 0 && len / CHUNK >= SPLIT_MIN_CHUNKS {
+        len /= CHUNK;
+        t = apply(t.reshape([rows, len, CHUNK])).reshape([rows, 1, len]);
+    }
+    apply(t).reshape(out)
 }
 
 /// Multi-head scaled dot-product attention on `[n, L, C]` projections, scale `head_dim^-0.5`.
@@ -789,12 +793,13 @@ mod tests {
         }
     }
 
-    /// Two-stage row reductions give the one-stage answers: rows of 40 (one stage), 2560 (10
-    /// chunks, SD1.5's 8x8 group) and 4096 x 3 (48 chunks), mean, sum and max against f64,
-    /// and the norm built on them against its definition, in f32 through burn's ops.
+    /// Row reductions in stages give the one-stage answers: rows of 40 (one stage), 2560 (10
+    /// chunks, SD1.5's 8x8 group), 4096 x 3 (48 chunks) and 8 x 256 x 256 (three stages),
+    /// mean, sum and max against f64, and the norm built on them against its definition, in
+    /// f32 through burn's ops.
     #[test]
     fn row_reductions_in_chunks_match_the_definition() {
-        for m in [40, 2560, 3 * 4096] {
+        for m in [40, 2560, 3 * 4096, 8 * 256 * 256] {
             let rows = 3;
             let v: Vec<f32> = (0..rows * m).map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.25 + (i / m) as f32 * 7.0 + if i % m == 1000 % m { 30.0 } else { 0.0 }).collect();
             let x = Tensor::<Cpu, 3>::from_data(TensorData::new(v.clone(), [1, rows, m]), &Default::default());
