@@ -436,9 +436,9 @@ fn normalise_f<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
     xc / var.add_scalar(eps).sqrt()
 }
 
-/// Rows at least this many chunks long are reduced in two stages by [`reduce_last`].
+/// Rows at least this many chunks long are reduced in stages by [`reduce_last`].
 const SPLIT_MIN_CHUNKS: usize = 8;
-/// The first stage's chunk length in [`reduce_last`].
+/// Each stage's chunk length in [`reduce_last`].
 const CHUNK: usize = 256;
 
 /// A reduction over a row, as [`reduce_last`] runs it.
