@@ -35,7 +35,7 @@ pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 /// driver, before the first GPU tensor (cubecl reads its config once), so CPU runs of a cuda
 /// build never touch the driver; later calls do nothing.
 #[cfg(feature = "cuda-base")]
-fn configure_gpu_kernels() {
+fn configure_gpu_kernels(driver: &libloading::Library) {
     use burn::cubecl::config::{cache::CacheConfig, GlobalConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -45,7 +45,7 @@ fn configure_gpu_kernels() {
         let Some(dir) = crate::io::cache_dir().filter(|_| !has_toml) else { return };
         let mut config = GlobalConfig::default().override_from_env();
         config.autotune.cache = CacheConfig::File(dir.join("cubecl"));
-        config.compilation.cache = gpu_tag().map(|tag| CacheConfig::File(dir.join("cubecl").join(tag)));
+        config.compilation.cache = gpu_tag(driver).map(|tag| CacheConfig::File(dir.join("cubecl").join(tag)));
         // DDREP_GPU_PROFILE=FILE: cubecl's kernel profiler appends a table of time per kernel
         // to FILE at each device sync (`ddrep bench unet` syncs once per eval).
         if let Some(file) = std::env::var_os("DDREP_GPU_PROFILE").filter(|f| !f.is_empty()) {
@@ -57,9 +57,9 @@ fn configure_gpu_kernels() {
 }
 
 /// `ptx-sm<major><minor>-driver<version>` for CUDA device 0 (the one `--device cuda` uses),
-/// read from the driver library directly, before cubecl starts; `None` without a driver or GPU.
+/// read from the driver library directly, before cubecl starts; `None` without a GPU.
 #[cfg(feature = "cuda-base")]
-fn gpu_tag() -> Option<String> {
+fn gpu_tag(lib: &libloading::Library) -> Option<String> {
     use libloading::Symbol;
     type Init = unsafe extern "C" fn(u32) -> i32;
     type DriverVersion = unsafe extern "C" fn(*mut i32) -> i32;
@@ -69,25 +69,19 @@ fn gpu_tag() -> Option<String> {
     const MAJOR: i32 = 75;
     const MINOR: i32 = 76;
     // SAFETY: the CUDA driver API's documented signatures; every call is checked for
-    // CUDA_SUCCESS (0) before its output is read. The library stays loaded (cudarc loads it
-    // again for cubecl; unloading an initialised driver is not something to rely on).
+    // CUDA_SUCCESS (0) before its output is read.
     unsafe {
-        let lib = driver_library()?;
-        let tag = (|| {
-            let init: Symbol<Init> = lib.get(b"cuInit\0").ok()?;
-            let driver_version: Symbol<DriverVersion> = lib.get(b"cuDriverGetVersion\0").ok()?;
-            let device_get: Symbol<DeviceGet> = lib.get(b"cuDeviceGet\0").ok()?;
-            let attribute: Symbol<DeviceAttribute> = lib.get(b"cuDeviceGetAttribute\0").ok()?;
-            let (mut version, mut device, mut major, mut minor) = (0, 0, 0, 0);
-            let ok = init(0) == 0
-                && driver_version(&mut version) == 0
-                && device_get(&mut device, 0) == 0
-                && attribute(&mut major, MAJOR, device) == 0
-                && attribute(&mut minor, MINOR, device) == 0;
-            ok.then(|| format!("ptx-sm{major}{minor}-driver{version}"))
-        })();
-        std::mem::forget(lib);
-        tag
+        let init: Symbol<Init> = lib.get(b"cuInit\0").ok()?;
+        let driver_version: Symbol<DriverVersion> = lib.get(b"cuDriverGetVersion\0").ok()?;
+        let device_get: Symbol<DeviceGet> = lib.get(b"cuDeviceGet\0").ok()?;
+        let attribute: Symbol<DeviceAttribute> = lib.get(b"cuDeviceGetAttribute\0").ok()?;
+        let (mut version, mut device, mut major, mut minor) = (0, 0, 0, 0);
+        let ok = init(0) == 0
+            && driver_version(&mut version) == 0
+            && device_get(&mut device, 0) == 0
+            && attribute(&mut major, MAJOR, device) == 0
+            && attribute(&mut minor, MINOR, device) == 0;
+        ok.then(|| format!("ptx-sm{major}{minor}-driver{version}"))
     }
 }
 
@@ -239,8 +233,11 @@ pub fn check_device(device: &str) -> anyhow::Result<()> {
         #[cfg(feature = "cuda-base")]
         "cuda" => {
             // SAFETY: loading the driver library runs its initialisers, as cudarc would.
-            if unsafe { driver_library() }.is_some() {
-                configure_gpu_kernels();
+            if let Some(driver) = unsafe { driver_library() } {
+                configure_gpu_kernels(&driver);
+                // Stays loaded: `gpu_tag` may have initialised it (cudarc loads it again for
+                // cubecl; unloading an initialised driver is not something to rely on).
+                std::mem::forget(driver);
                 return Ok(());
             }
             anyhow::bail!("--device cuda: the NVIDIA driver library (libcuda.so.1) is not found on this machine; install the driver or set LD_LIBRARY_PATH to its folder, or use --device cpu")

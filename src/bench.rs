@@ -280,8 +280,7 @@ fn time_unet_on<B: burn::tensor::backend::Backend>(cfg: &UnetConfig, warmup: usi
         if i < warmup {
             // Progress for runs whose warm-up compiles and tunes kernels for minutes.
             eprintln!("  warm-up eval {}/{warmup}: {:.2} s", i + 1, t.elapsed().as_secs_f64());
-        }
-        if i >= warmup {
+        } else {
             times.push(t.elapsed().as_secs_f64());
         }
     }

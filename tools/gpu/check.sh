@@ -4,10 +4,9 @@
 # (default: all, in this order):
 #   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep parity`
 #            f16 with DDREP_GPU_CONV=implicit-gemm and DDREP_GPU_ATTENTION=flash (if it fails,
-#            again with the convolution alone), then `ddrep
-#            bench unet --full-only` f16: implicit-gemm + flash (diffusers beside it),
-#            implicit-gemm, native (burn-cubecl's direct conv), im2col (compare with the
-#            first's diffusers number);
+#            again with the convolution alone), then `ddrep bench unet --full-only` f16:
+#            implicit-gemm + flash (diffusers beside it), implicit-gemm, native
+#            (burn-cubecl's direct conv), im2col (compare with the first's diffusers number);
 #   bench    the `cuda` binary (autotune): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
 #   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32

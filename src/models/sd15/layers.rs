@@ -449,6 +449,17 @@ enum RowReduce {
     Max,
 }
 
+impl RowReduce {
+    /// `t` reduced along `dim` (kept, length 1).
+    fn along<B: Backend, const D: usize>(self, t: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+        match self {
+            RowReduce::Mean => t.mean_dim(dim),
+            RowReduce::Sum => t.sum_dim(dim),
+            RowReduce::Max => t.max_dim(dim),
+        }
+    }
+}
+
 /// Reduces the last axis of `x` to length 1 (`mean_dim`, `sum_dim` or `max_dim`). A long row
 /// is reduced in stages: while its length is a multiple of [`CHUNK`] and at least
 /// [`SPLIT_MIN_CHUNKS`] chunks, each chunk is reduced to one value (equal chunks, so means of
@@ -458,28 +469,20 @@ enum RowReduce {
 /// its VAE decoder), would run on 64 threads walking each row alone; in chunks they run on
 /// thousands. (From the kernels' source; not yet timed on a GPU.)
 fn reduce_last<B: Backend, const D: usize>(x: Tensor<B, D>, op: RowReduce) -> Tensor<B, D> {
+    let splits = |len: usize| len.is_multiple_of(CHUNK) && len / CHUNK >= SPLIT_MIN_CHUNKS;
     let dims = x.dims();
+    let (rows, mut len) = (dims[..D - 1].iter().product::<usize>(), dims[D - 1]);
+    if !splits(len) {
+        return op.along(x, D - 1);
+    }
+    let mut t = x.reshape([rows, 1, len]);
+    while splits(len) {
+        len /= CHUNK;
+        t = op.along(t.reshape([rows, len, CHUNK]), 2).reshape([rows, 1, len]);
+    }
     let mut out = dims;
     out[D - 1] = 1;
-    let (rows, mut len) = (dims[..D - 1].iter().product::<usize>(), dims[D - 1]);
-    if len % CHUNK != 0 || len / CHUNK < SPLIT_MIN_CHUNKS {
-        return match op {
-            RowReduce::Mean => x.mean_dim(D - 1),
-            RowReduce::Sum => x.sum_dim(D - 1),
-            RowReduce::Max => x.max_dim(D - 1),
-        };
-    }
-    let apply = |t: Tensor<B, 3>| match op {
-        RowReduce::Mean => t.mean_dim(2),
-        RowReduce::Sum => t.sum_dim(2),
-        RowReduce::Max => t.max_dim(2),
-    };
-    let mut t = x.reshape([rows, 1, len]);
-    while len % CHUNK == 0 && len / CHUNK >= SPLIT_MIN_CHUNKS {
-        len /= CHUNK;
-        t = apply(t.reshape([rows, len, CHUNK])).reshape([rows, 1, len]);
-    }
-    apply(t).reshape(out)
+    op.along(t, 2).reshape(out)
 }
 
 /// Multi-head scaled dot-product attention on `[n, L, C]` projections, scale `head_dim^-0.5`.
