@@ -1,6 +1,6 @@
 //! Backend choices: the CPU (ndarray) backend by default, CUDA with the `cuda` feature.
 
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 use std::sync::atomic::AtomicBool;
 
 /// The CPU tensor backend.
@@ -8,15 +8,15 @@ pub type Cpu = burn::backend::NdArray<f32>;
 /// The CPU backend with autodiff, for diffrep fits.
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
 /// SD1.5 in half precision on the GPU (`--precision f16`): weights and activations in fp16.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 pub type CudaF16 = burn::backend::Cuda<half::f16, i32>;
 /// SD1.5 in bfloat16 on the GPU (`--precision bf16`).
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 
 /// Where cubecl (burn's GPU kernels) keeps its autotune picks and its compiled kernels.
@@ -34,7 +34,7 @@ pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 /// PTX cache when that cannot be read. [`check_device`] calls this once it has found the
 /// driver, before the first GPU tensor (cubecl reads its config once), so CPU runs of a cuda
 /// build never touch the driver; later calls do nothing.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 fn configure_gpu_kernels(driver: &libloading::Library) {
     use burn::cubecl::config::{cache::CacheConfig, GlobalConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -58,7 +58,7 @@ fn configure_gpu_kernels(driver: &libloading::Library) {
 
 /// `ptx-sm<major><minor>-driver<version>` for CUDA device 0 (the one `--device cuda` uses),
 /// read from the driver library directly, before cubecl starts; `None` without a GPU.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 fn gpu_tag(lib: &libloading::Library) -> Option<String> {
     use libloading::Symbol;
     type Init = unsafe extern "C" fn(u32) -> i32;
@@ -90,7 +90,7 @@ fn gpu_tag(lib: &libloading::Library) -> Option<String> {
 /// hands the input back when `B` is not plain burn-cuda (the CPU, burn-cuda with fusion), or
 /// when the kernel refuses the problem (a shape its tiles do not take; said once on stderr),
 /// so that the caller runs burn's conv2d instead.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     x: burn::tensor::Tensor<B, 4>,
     w: &burn::tensor::Tensor<B, 4>,
@@ -111,7 +111,7 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
         Ok(y) => Ok(back(y)),
         Err(e) => {
             static SAID: AtomicBool = AtomicBool::new(false);
-            say_once(&SAID, || format!("DDREP_GPU_CONV=implicit-gemm: burn-cubecl refused a conv of input {:?} ({e:?}); such convs run burn's conv2d", input.shape.dims));
+            say_once(&SAID, || format!("DDREP_GPU_CONV=implicit-gemm: burn-cubecl refused a conv of input {:?} ({}); such convs run burn's conv2d", input.shape.dims, brief_error(&format!("{e:?}"))));
             Err(back(input))
         }
     }
@@ -122,8 +122,9 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
 /// `DDREP_GPU_ATTENTION=flash`. The routine needs `d` to be a multiple of 16 (SD1.5's 40 is
 /// not): `layers::attention_with_padded_head_dim` pads it.
 /// `Err((q, k, v))` hands the inputs back when `B` is not plain burn-cuda, when `d` is above
-/// [`FLASH_MAX_HEAD_DIM`], or when the routine refuses the problem (said once on stderr).
-#[cfg(feature = "cuda-base")]
+/// [`FLASH_MAX_HEAD_DIM`], or when the routine refuses the problem (said once on stderr, and
+/// then every call: [`FLASH_REFUSED`]).
+#[cfg(feature = "cuda")]
 #[allow(clippy::type_complexity)]
 pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     q: burn::tensor::Tensor<B, 4>,
@@ -134,7 +135,7 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     use burn::tensor::{DType, Tensor, TensorPrimitive};
     use cubek::attention::definition::{AccumulatorPrecision, AttentionGlobalTypes, AttentionOptions};
     use cubek::attention::launch::{launch_ref, BlueprintStrategy, Strategy};
-    if !plain_cuda::<B>() || q.dims()[3] > FLASH_MAX_HEAD_DIM {
+    if !plain_cuda::<B>() || q.dims()[3] > FLASH_MAX_HEAD_DIM || FLASH_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err((q, k, v));
     }
     let inputs = (q.clone(), k.clone(), v.clone());
@@ -164,10 +165,38 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
         .map(|()| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(oc))))
     };
     crate::models::sd15::layers::attention_with_padded_head_dim(q, k, v, 16, flash).map_err(|e| {
-        static SAID: AtomicBool = AtomicBool::new(false);
-        say_once(&SAID, || format!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({e:?}); such attention runs the blocked path", inputs.0.dims(), inputs.1.dims()));
+        say_once(&FLASH_REFUSED, || format!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({}); attention runs the blocked path from now on in this process", inputs.0.dims(), inputs.1.dims(), brief_error(&format!("{e:?}"))));
         inputs
     })
+}
+
+/// Set once cubek's attention has refused a problem: later calls go straight to the blocked
+/// path. A refusal is usually a kernel that does not compile (on the H200, 2026-11-26, cubek
+/// 0.1.1's accelerated tile declared its f32 accumulator fragments with a layout, which NVRTC
+/// rejects; fixed upstream by cubecl PR #1570), and cubecl keeps no record of a failed compile,
+/// so every call would compile it again: 5 s per SD1.5 UNet eval.
+#[cfg(feature = "cuda")]
+static FLASH_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// A launch error cut to one line: its first line and the first compiler diagnostic
+/// (`...: error: ...`), with a count of the other diagnostics, never the kernel source that
+/// cubecl appends to a compilation error.
+#[cfg(any(test, feature = "cuda"))]
+fn brief_error(e: &str) -> String {
+    const MAX_CHARS: usize = 400;
+    let lines: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let diagnostics: Vec<&str> = lines.iter().copied().filter(|l| l.contains("error:")).collect();
+    let mut out = lines.first().copied().unwrap_or("").to_string();
+    if let Some(first) = diagnostics.first().filter(|d| **d != out) {
+        out = format!("{out}: {first}");
+    }
+    if diagnostics.len() > 1 {
+        out = format!("{out} (+{} more errors)", diagnostics.len() - 1);
+    }
+    if out.chars().count() > MAX_CHARS {
+        out = out.chars().take(MAX_CHARS).chain("...".chars()).collect();
+    }
+    out
 }
 
 /// The widest head that [`cuda_flash_attention`] takes: SD1.5's UNet heads are 40, 80 and 160
@@ -175,23 +204,23 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
 /// f32 accumulator tiles, in one plane's registers, so the VAE's single 512-wide head would
 /// need 32 of them (256 registers a lane for the accumulators alone) and spill; it runs the
 /// blocked path. (A limit from the blueprint's arithmetic, not yet measured on a GPU.)
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 const FLASH_MAX_HEAD_DIM: usize = 160;
 
 /// A float tensor of plain burn-cuda (no fusion), as burn-cubecl's and cubek's kernels take it.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
 
 /// Whether `B`'s float tensors are [`Cube`] tensors, which [`same_type`] may then move between
 /// the two names.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 fn plain_cuda<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
 }
 
 /// Prints `message()` on stderr the first time `flag` is seen unset (a fallback worth one line,
 /// not one per layer and eval).
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 fn say_once(flag: &AtomicBool, message: impl FnOnce() -> String) {
     if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
         eprintln!("{}", message());
@@ -199,16 +228,16 @@ fn say_once(flag: &AtomicBool, message: impl FnOnce() -> String) {
 }
 
 /// Moves a value between two names of one type; the callers check that first ([`plain_cuda`]).
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 fn same_type<T: 'static, U: 'static>(t: T) -> U {
     let mut slot = Some(t);
     (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<U>>().and_then(Option::take).expect("same type (TypeId checked)")
 }
 
-/// How this build picks its GPU kernels, for reports: burn's autotune (`cuda`) or
-/// burn-cubecl's fixed choices (`cuda-base` alone).
+/// How this build picks its GPU kernels, for reports: burn's autotune (`cuda-autotune`) or
+/// burn-cubecl's fixed choices (`cuda`).
 pub fn gpu_kernels() -> &'static str {
-    if cfg!(feature = "cuda") {
+    if cfg!(feature = "cuda-autotune") {
         "autotune"
     } else {
         "fixed kernels"
@@ -219,7 +248,7 @@ pub fn gpu_kernels() -> &'static str {
 ///
 /// # Safety
 /// Loading it runs its initialisers.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 unsafe fn driver_library() -> Option<libloading::Library> {
     ["libcuda.so.1", "libcuda.so"].iter().find_map(|n| libloading::Library::new(n).ok())
 }
@@ -230,7 +259,7 @@ unsafe fn driver_library() -> Option<libloading::Library> {
 pub fn check_device(device: &str) -> anyhow::Result<()> {
     match device {
         "cpu" => Ok(()),
-        #[cfg(feature = "cuda-base")]
+        #[cfg(feature = "cuda")]
         "cuda" => {
             // SAFETY: loading the driver library runs its initialisers, as cudarc would.
             if let Some(driver) = unsafe { driver_library() } {
@@ -242,7 +271,7 @@ pub fn check_device(device: &str) -> anyhow::Result<()> {
             }
             anyhow::bail!("--device cuda: the NVIDIA driver library (libcuda.so.1) is not found on this machine; install the driver or set LD_LIBRARY_PATH to its folder, or use --device cpu")
         }
-        other => anyhow::bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda-base") { ", cuda" } else { "" }),
+        other => anyhow::bail!("unknown or unavailable device '{other}' (this build has: cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
     }
 }
 
@@ -267,17 +296,17 @@ macro_rules! with_model_backend {
                 type $B = $crate::backend::Cpu;
                 $body
             }
-            #[cfg(feature = "cuda-base")]
+            #[cfg(feature = "cuda")]
             ("cuda", Precision::F32) => {
                 type $B = $crate::backend::Cuda;
                 $body
             }
-            #[cfg(feature = "cuda-base")]
+            #[cfg(feature = "cuda")]
             ("cuda", Precision::F16) => {
                 type $B = $crate::backend::CudaF16;
                 $body
             }
-            #[cfg(feature = "cuda-base")]
+            #[cfg(feature = "cuda")]
             ("cuda", Precision::Bf16) => {
                 type $B = $crate::backend::CudaBf16;
                 $body
@@ -287,3 +316,23 @@ macro_rules! with_model_backend {
     }};
 }
 pub(crate) use with_model_backend;
+
+#[cfg(test)]
+mod tests {
+    use super::brief_error;
+
+    /// The shape of the refusal cubek's attention gave on the H200 (2026-11-26): a first line,
+    /// `Caused by:` chains, NVRTC diagnostics with warnings among them, then the kernel source.
+    #[test]
+    fn a_compilation_error_is_cut_to_its_first_diagnostic() {
+        let e = "A compilation error happened during launch\nCaused by:\n  An error caused the compilation to fail\nCaused by:\n  [Compilation Error] \n    default_program(62): error: incomplete type \"fragment<accumulator, 16, 16, 16, float, row_major>\" is not allowed\n      frag_acc_120;\n    default_program(63): error: incomplete type is not allowed\n    default_program(718): warning #68-D: integer conversion resulted in a change of sign\n    default_program(218): error: no instance of function template\n    4 errors detected in the compilation of \"default_program\".\n[Source]\n#include <mma.h>\nconst uint32 l_1 = 0;\n";
+        assert_eq!(
+            brief_error(e),
+            "A compilation error happened during launch: default_program(62): error: incomplete type \"fragment<accumulator, 16, 16, 16, float, row_major>\" is not allowed (+2 more errors)"
+        );
+        assert_eq!(brief_error("Unable to launch: no tile fits"), "Unable to launch: no tile fits");
+        let long = "x".repeat(1000);
+        assert_eq!(brief_error(&long).chars().count(), 403);
+        assert_eq!(brief_error(""), "");
+    }
+}

@@ -186,11 +186,11 @@ pub fn build_model<B: Backend>(args: &ModelArgs, extra: &[String], device: &B::D
             };
             match precision {
                 Precision::F32 => Ok(Model::Sd15(Box::new(load_sd15::<B>(dir, latent_size, device)?))),
-                #[cfg(feature = "cuda-base")]
+                #[cfg(feature = "cuda")]
                 Precision::F16 => cast_sd15::<crate::backend::CudaF16, B>(dir, latent_size, precision),
-                #[cfg(feature = "cuda-base")]
+                #[cfg(feature = "cuda")]
                 Precision::Bf16 => cast_sd15::<crate::backend::CudaBf16, B>(dir, latent_size, precision),
-                #[cfg(not(feature = "cuda-base"))]
+                #[cfg(not(feature = "cuda"))]
                 other => bail!("--precision {other} needs the CUDA backend: this build has none (rebuild with --features cuda and pass --device cuda)"),
             }
         }
@@ -199,7 +199,7 @@ pub fn build_model<B: Backend>(args: &ModelArgs, extra: &[String], device: &B::D
 }
 
 /// SD1.5 on its own backend `L` (fp16/bf16 on CUDA) behind the sampler's backend `B`.
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 fn cast_sd15<L: Backend, B: Backend>(dir: &std::path::Path, latent_size: Option<[usize; 2]>, precision: Precision) -> Result<Model<B>> {
     let dev = Default::default();
     let m = load_sd15::<L>(dir, latent_size, &dev)?;
@@ -256,7 +256,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     crate::backend::check_device_precision(&a.device, &a.model.precision)?;
     match a.device.as_str() {
         "cpu" => sample_on::<crate::backend::CpuAutodiff>(a, &spec, guidance, &Default::default()),
-        #[cfg(feature = "cuda-base")]
+        #[cfg(feature = "cuda")]
         "cuda" => sample_on::<crate::backend::CudaAutodiff>(a, &spec, guidance, &Default::default()),
         other => unreachable!("device '{other}' was validated above"),
     }

@@ -10,7 +10,7 @@ use sd15_common::{model_dir, B};
 fn unknown_gpu_kernel_values_fail_the_load_with_one_line() {
     let device = Default::default();
     let cases = [
-        ("DDREP_GPU_CONV", "DDREP_GPU_CONV=\"fast\": expected `native` (the default), `im2col` or `implicit-gemm`", &["native", "im2col", "implicit-gemm", ""][..]),
+        ("DDREP_GPU_CONV", "DDREP_GPU_CONV=\"fast\": expected `implicit-gemm` (the default), `native` or `im2col`", &["native", "im2col", "implicit-gemm", ""][..]),
         ("DDREP_GPU_ATTENTION", "DDREP_GPU_ATTENTION=\"fast\": expected `blocked` (the default) or `flash`", &["blocked", "flash", ""][..]),
     ];
     for (var, expected, known) in cases {

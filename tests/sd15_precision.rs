@@ -171,5 +171,5 @@ fn parity_command_checks_every_part() {
     let o = with_conv("im2col");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && stdout.contains("all 8 checks within 1e-2"), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    common::assert_one_line_error(&with_conv("fast"), "DDREP_GPU_CONV=\"fast\": expected `native` (the default), `im2col` or `implicit-gemm`");
+    common::assert_one_line_error(&with_conv("fast"), "DDREP_GPU_CONV=\"fast\": expected `implicit-gemm` (the default), `native` or `im2col`");
 }

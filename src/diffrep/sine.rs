@@ -113,7 +113,7 @@ impl SineBackend for Cpu {
     }
 }
 
-#[cfg(feature = "cuda-base")]
+#[cfg(feature = "cuda")]
 impl SineBackend for burn::backend::Cuda<f32, i32> {}
 
 #[derive(Debug)]

@@ -372,12 +372,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let outcome = match p.file.device {
         DeviceKind::Cpu => execute::<crate::backend::CpuAutodiff>(&p, &store, &pending, &Default::default())?,
-        #[cfg(feature = "cuda-base")]
+        #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
             crate::backend::check_device("cuda")?;
             execute::<crate::backend::CudaAutodiff>(&p, &store, &pending, &Default::default())?
         }
-        #[cfg(not(feature = "cuda-base"))]
+        #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => bail!("device cuda: this build has no CUDA backend; rebuild with --features cuda or set device=cpu"),
     };
     println!(
@@ -424,7 +424,7 @@ fn sd15_f32<B: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &B::Devi
 }
 
 /// SD1.5 on its own backend `L` (fp16/bf16) behind the samplers' backend `B`.
-#[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn sd15_cast<L: Backend, B: Backend>(
     dir: &Path,
     latent: Option<[usize; 2]>,
@@ -465,11 +465,11 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
             let latent = p.file.diffrep.is_multiview().then_some([needed[1], needed[2]]);
             match precision {
                 Precision::F32 => sd15_f32::<B::InnerBackend>(dir, latent, device)?,
-                #[cfg(feature = "cuda-base")]
+                #[cfg(feature = "cuda")]
                 Precision::F16 => sd15_cast::<crate::backend::CudaF16, B::InnerBackend>(dir, latent, *precision, &Default::default())?,
-                #[cfg(feature = "cuda-base")]
+                #[cfg(feature = "cuda")]
                 Precision::Bf16 => sd15_cast::<crate::backend::CudaBf16, B::InnerBackend>(dir, latent, *precision, &Default::default())?,
-                #[cfg(not(feature = "cuda-base"))]
+                #[cfg(not(feature = "cuda"))]
                 other => bail!("model.precision {other} needs the CUDA backend: this build has none (rebuild with --features cuda)"),
             }
         }

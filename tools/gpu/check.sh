@@ -2,23 +2,20 @@
 # The GPU half of issue #4, run ON the GPU machine from the repository root, with .gpu/ and
 # .whl/ carried there (made by tools/gpu/prepare.sh). Steps run in the order STEPS names them
 # (default: all, in this order):
-#   base     the `cuda-base` binary (burn-cubecl's fixed kernels, no autotune): `ddrep parity`
-#            f16 with DDREP_GPU_CONV=implicit-gemm and DDREP_GPU_ATTENTION=flash (if it fails,
-#            again with the convolution alone), then `ddrep bench unet --full-only` f16:
-#            implicit-gemm + flash (diffusers beside it), implicit-gemm, native
-#            (burn-cubecl's direct conv), im2col (compare with the first's diffusers number);
-#   bench    the `cuda` binary (autotune): `ddrep bench unet --full-only` in each of
+#   bench    the `cuda` binary (fixed kernels; its defaults DDREP_GPU_CONV=implicit-gemm,
+#            DDREP_GPU_ATTENTION=blocked): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
+#   parity   `ddrep parity` on the tiny diffusers fixture in f16, f32 and bf16 on CUDA;
+#   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
+#   kernels  the `cuda` binary's other kernel switches, bench f16 without diffusers (compare
+#            with bench's numbers): DDREP_GPU_CONV=native and im2col, DDREP_GPU_ATTENTION=flash
+#            (with its parity first);
 #   dparity  tools/gpu/diffusers_parity.py: diffusers' own error against the fixture in f32
 #            (strict / torch default / TF32), f16 and bf16 on this card: the reference column;
-#   parity   `ddrep parity` on the tiny diffusers fixture in f32, f16 and bf16 on CUDA;
 #   sample   `ddrep sample --method ddrep` end to end on the tiny model in f16;
-#   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
-#   bprofile the same on the cuda-base binary with DDREP_GPU_CONV=implicit-gemm and
-#            DDREP_GPU_ATTENTION=flash (into profile.txt too);
-#   im2col   the `cuda` binary with DDREP_GPU_CONV=im2col: parity f16, bench f16;
-#   fusion   the cuda-fusion binary (when prepare.sh built it): parity f16, bench f16.
-# Autotune (the `cuda` binary) times every candidate kernel of each new shape, and each
+#   autotune the cuda-autotune binary (when prepare.sh built it, AUTOTUNE=1): bench f16;
+#   fusion   the cuda-fusion binary (when prepare.sh built it, FUSION=1): parity f16, bench f16.
+# Autotune (the `cuda-autotune` binary) times every candidate kernel of each new shape, and each
 # candidate is JIT-compiled first (~0.8 s of one CPU core each on the H200, 2026-11-26): a
 # first process spends minutes before its first eval ends. So ddrep keeps autotune picks and
 # compiled kernels (PTX) in its cache dir, and this script carries them between sessions:
@@ -27,14 +24,14 @@
 # Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 8.
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-base bprofile bench dparity parity sample profile im2col fusion}
+STEPS=${STEPS:-bench parity profile kernels dparity sample autotune fusion}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
-BB=/tmp/ddrep-cuda-base
+BA=/tmp/ddrep-cuda-autotune
 BF=/tmp/ddrep-cuda-fusion
 unpack .gpu/ddrep.xz "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/prepare.sh here first)"; exit 2; }
-[ -f .gpu/ddrep-base.xz ] && unpack .gpu/ddrep-base.xz "$BB"
+[ -f .gpu/ddrep-autotune.xz ] && unpack .gpu/ddrep-autotune.xz "$BA"
 [ -f .gpu/ddrep-fusion.xz ] && unpack .gpu/ddrep-fusion.xz "$BF"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 # cudarc opens the driver and NVRTC by name at run time. NVRTC may live only in PyTorch's
@@ -102,28 +99,17 @@ BENCH="bench unet --full-only --device cuda --warmup 2 --evals 20 --full-evals 1
 
 for s in $STEPS; do
     case "$s" in
-    base)
-        if [ -x "$BB" ]; then
-            DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash step base.txt 60 "$BB" parity --device cuda --precision f16
-            # A failure of the pair is told apart by the convolution alone.
-            tail -1 "$OUT/base.txt" | grep -qx "exit 0" \
-                || DDREP_GPU_CONV=implicit-gemm step base.txt 60 "$BB" parity --device cuda --precision f16
-            # Likeliest fastest first, with diffusers beside it; the rest without diffusers.
-            DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash step base.txt 100 "$BB" $BENCH --precision f16
-            for kernels in "implicit-gemm blocked" "native blocked" "im2col blocked"; do
-                set -- $kernels
-                DDREP_GPU_CONV=$1 DDREP_GPU_ATTENTION=$2 step base.txt 100 "$BB" ${BENCH/python3/\/nonexistent} --precision f16
-            done
-        else
-            echo "no .gpu/ddrep-base.xz: base skipped" | tee -a "$OUT/base.txt"
-        fi ;;
     bench)
-        # The first SD1.5 process autotunes every conv, matmul and reduction shape in its
-        # warm-up evals (its progress lines say how long each took).
-        for p in ${BENCH_PRECISIONS:-f16}; do step bench.txt 360 "$B" $BENCH --precision "$p"; done ;;
+        for p in ${BENCH_PRECISIONS:-f16}; do step bench.txt 120 "$B" $BENCH --precision "$p"; done ;;
     dparity) step parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda ;;
     parity)
-        for p in f16 f32 bf16; do step parity.txt 120 "$B" parity --device cuda --precision "$p"; done ;;
+        for p in f16 f32 bf16; do step parity.txt 60 "$B" parity --device cuda --precision "$p"; done ;;
+    kernels)
+        for conv in native im2col; do
+            DDREP_GPU_CONV=$conv step variants.txt 100 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        done
+        DDREP_GPU_ATTENTION=flash step variants.txt 60 "$B" parity --device cuda --precision f16
+        DDREP_GPU_ATTENTION=flash step variants.txt 100 "$B" ${BENCH/python3/\/nonexistent} --precision f16 ;;
     sample)
         rm -rf /tmp/ddrep-gpu-sample
         step parity.txt 90 "$B" sample --model sd15 --weights tests/fixtures/sd15_tiny/model --method ddrep --device cuda \
@@ -134,16 +120,14 @@ for s in $STEPS; do
         # Each device sync (one per eval) appends the table of kernel times since the last one;
         # the last table is the last full SD1.5 eval.
         profile "$B" ;;
-    bprofile)
-        # The same on the cuda-base binary with the tensor-core kernels: what is left to gain.
-        if [ -x "$BB" ]; then
-            DDREP_GPU_CONV=implicit-gemm DDREP_GPU_ATTENTION=flash profile "$BB"
+    autotune)
+        # The first SD1.5 process autotunes every conv, matmul and reduction shape in its
+        # warm-up evals (its progress lines say how long each took).
+        if [ -x "$BA" ]; then
+            step variants.txt 360 "$BA" $BENCH --precision f16
         else
-            echo "no .gpu/ddrep-base.xz: bprofile skipped" | tee -a "$OUT/profile.txt"
+            echo "no .gpu/ddrep-autotune.xz: autotune skipped" | tee -a "$OUT/variants.txt"
         fi ;;
-    im2col)
-        DDREP_GPU_CONV=im2col step variants.txt 120 "$B" parity --device cuda --precision f16
-        DDREP_GPU_CONV=im2col step variants.txt 240 "$B" $BENCH --precision f16 ;;
     fusion)
         if [ -x "$BF" ]; then
             step variants.txt 120 "$BF" parity --device cuda --precision f16

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a GPU check (run HERE, on the build machine, from the repository root):
-#   1. builds `ddrep` with --features cuda (burn's autotune; .gpu/ddrep.xz) and with
-#      --features cuda-base (burn-cubecl's fixed kernels; .gpu/ddrep-base.xz), and with FUSION=1
-#      also --features cuda-fusion (.gpu/ddrep-fusion.xz), in their own target dir (so the CPU
+#   1. builds `ddrep` with --features cuda (burn-cubecl's fixed kernels; .gpu/ddrep.xz), with
+#      AUTOTUNE=1 also --features cuda-autotune (.gpu/ddrep-autotune.xz) and with FUSION=1
+#      --features cuda-fusion (.gpu/ddrep-fusion.xz), in their own target dir (so the CPU
 #      build stays warm; the cuda features change features of dependencies shared with polars);
 #   2. with GPU_CACHES=DIR, copies the kernel caches a previous check.sh brought back
 #      (DIR/autotune.tar.xz, DIR/ptx.tar.xz, e.g. DIR=/work/.device/N) into .gpu/, so the next
@@ -23,14 +23,15 @@ export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/ddrep-target-cuda}
 # driver 580 (CUDA 13.0) with PyTorch cu130's NVRTC 13.0, so pin the API to 13.0.
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 mkdir -p .gpu
-rm -f .gpu/ddrep .gpu/ddrep.xz .gpu/ddrep-base.xz .gpu/ddrep-fusion.xz
-features="cuda-base cuda"
+rm -f .gpu/ddrep .gpu/ddrep*.xz
+features="cuda"
+[ "${AUTOTUNE:-0}" = 1 ] && features="cuda-autotune $features"
 [ "${FUSION:-0}" = 1 ] && features="cuda-fusion $features"
 for feature in $features; do
     cargo build --release --features "$feature" --bin ddrep
     # Stripped it is ~50 MB, which with the tree and the wheels is near the 64 MiB that
     # travels; xz brings it to ~10 MB (check.sh unpacks it there with Python's lzma).
-    case "$feature" in cuda) name=ddrep ;; cuda-base) name=ddrep-base ;; *) name=ddrep-fusion ;; esac
+    case "$feature" in cuda) name=ddrep ;; *) name=ddrep-${feature#cuda-} ;; esac
     strip -o .gpu/ddrep.bin "$CARGO_TARGET_DIR/release/ddrep"
     xz -T0 -6 -c .gpu/ddrep.bin > ".gpu/$name.xz"
     rm .gpu/ddrep.bin

@@ -90,48 +90,51 @@ pub struct Conv2d<B: Backend> {
     /// 0: never.
     gemm_max_pixels: usize,
     /// Backend path: burn-cubecl's implicit-GEMM kernel on CUDA (`DDREP_GPU_CONV=implicit-gemm`).
-    #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     implicit_gemm: bool,
 }
 
 /// Largest H*W for which stride-1 convs go through im2col + matmul on a non-f32 CPU backend.
 const GEMM_MAX_PIXELS: usize = 32 * 32;
 
-/// Environment switch for the convolutions of GPU (cubecl) backends: `native` (default:
-/// burn's conv2d: autotuned between burn-cubecl's direct kernel and its implicit-GEMM
-/// tensor-core kernels in `cuda` builds, the direct kernel alone in `cuda-base` builds),
-/// `im2col` (every stride-1 "same" conv as im2col + one matmul on the tensor cores, f32
-/// accumulation; more memory) or `implicit-gemm` (burn-cubecl's implicit-GEMM tensor-core
-/// kernel, `simple_sync` with cmma tiles, chosen without autotune; on CUDA backends without
-/// fusion, else burn's conv2d). Read once per model part by the `Loader`; an unknown value is
-/// an error from `Loader::finish` (and when the CLI starts).
+/// Environment switch for the convolutions of GPU (cubecl) backends: `implicit-gemm` (default:
+/// burn-cubecl's implicit-GEMM tensor-core kernel, `simple_sync` with cmma tiles, chosen
+/// without autotune; on CUDA backends without fusion, else burn's conv2d), `native` (burn's
+/// conv2d: burn-cubecl's direct kernel in `cuda` builds, autotuned between it and the
+/// implicit-GEMM kernels in `cuda-autotune` builds) or `im2col` (every stride-1 "same" conv as
+/// im2col + one matmul on the tensor cores, f32 accumulation; more memory). The default is the
+/// fastest measured: an SD1.5 UNet eval in f16 on the lent H200 (2026-11-26, `cuda` build) took
+/// 0.087 s with `implicit-gemm`, 0.137 s with `im2col` and 0.330 s with `native`. Read once per
+/// model part by the `Loader`; an unknown value is an error from `Loader::finish` (and when the
+/// CLI starts).
 pub const GPU_CONV_ENV: &str = "DDREP_GPU_CONV";
 
 /// How GPU backends run convolutions; see [`GPU_CONV_ENV`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuConv {
+    #[default]
+    ImplicitGemm,
     Native,
     Im2col,
-    ImplicitGemm,
 }
 
-/// The value of [`GPU_CONV_ENV`], or an error naming the variable for anything but `native`,
-/// `im2col`, `implicit-gemm` or unset.
+/// The value of [`GPU_CONV_ENV`], or an error naming the variable for anything but
+/// `implicit-gemm`, `native`, `im2col` or unset.
 pub fn gpu_conv() -> Result<GpuConv, String> {
-    env_choice(GPU_CONV_ENV, &[("native", GpuConv::Native), ("im2col", GpuConv::Im2col), ("implicit-gemm", GpuConv::ImplicitGemm)])
+    env_choice(GPU_CONV_ENV, &[("implicit-gemm", GpuConv::ImplicitGemm), ("native", GpuConv::Native), ("im2col", GpuConv::Im2col)])
 }
 
-/// A switch read from the environment: unset or empty gives the first choice (the default),
-/// a listed name its value, anything else a one-line error listing the names.
-fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Result<T, String> {
+/// A switch read from the environment: unset or empty gives `T`'s default, a listed name its
+/// value, anything else a one-line error listing the names (the default's marked).
+fn env_choice<T: Copy + Default + PartialEq>(var: &str, choices: &[(&str, T)]) -> Result<T, String> {
     let v = std::env::var(var).unwrap_or_default();
     if v.is_empty() {
-        return Ok(choices[0].1);
+        return Ok(T::default());
     }
     if let Some((_, t)) = choices.iter().find(|(name, _)| *name == v) {
         return Ok(*t);
     }
-    let names: Vec<String> = choices.iter().enumerate().map(|(i, (n, _))| if i == 0 { format!("`{n}` (the default)") } else { format!("`{n}`") }).collect();
+    let names: Vec<String> = choices.iter().map(|(n, t)| if *t == T::default() { format!("`{n}` (the default)") } else { format!("`{n}`") }).collect();
     let (last, rest) = names.split_last().expect("at least one choice");
     Err(format!("{var}={v:?}: expected {} or {last}", rest.join(", ")))
 }
@@ -144,8 +147,9 @@ fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Result<T, String> {
 pub const GPU_ATTENTION_ENV: &str = "DDREP_GPU_ATTENTION";
 
 /// How GPU backends run unmasked attention; see [`GPU_ATTENTION_ENV`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuAttention {
+    #[default]
     Blocked,
     Flash,
 }
@@ -297,7 +301,7 @@ impl<B: Backend> Conv2d<B> {
             return y.reshape([n, o, h, wd]);
         }
         let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        #[cfg(feature = "cuda-base")]
+        #[cfg(feature = "cuda")]
         let x = if self.implicit_gemm {
             match crate::backend::cuda_conv2d_implicit_gemm(x, w, b, opts.clone()) {
                 Ok(y) => return y,
@@ -511,7 +515,7 @@ pub fn multi_head_attention<B: Backend>(
             let out = cpu_kernels::attention(&q, &k, &v, n, lq, lk, c, heads);
             return tensor_from_vec(out, [n, lq, c], &device);
         }
-        #[cfg(feature = "cuda-base")]
+        #[cfg(feature = "cuda")]
         None if kernel == GpuAttention::Flash => {
             match crate::backend::cuda_flash_attention(split(q, lq), split(k, lk), split(v, lk)) {
                 Ok(out) => out,
@@ -520,7 +524,7 @@ pub fn multi_head_attention<B: Backend>(
         }
         mask => blocked_attention(split(q, lq), split(k, lk), split(v, lk), mask),
     };
-    #[cfg(not(feature = "cuda-base"))]
+    #[cfg(not(feature = "cuda"))]
     let _ = kernel;
     out.swap_dims(1, 2).reshape([n, lq, c])
 }
@@ -530,7 +534,7 @@ pub fn multi_head_attention<B: Backend>(
 /// `multiple` (a tensor-core routine's tile). Zero columns leave `q k^T` as it is and add zero
 /// output columns, which are cut off again; `q` is scaled by `sqrt(padded / d)` against the
 /// routine's `1 / sqrt(padded)`. An `Err` from the routine is passed through.
-#[cfg(any(test, feature = "cuda-base"))]
+#[cfg(any(test, feature = "cuda"))]
 pub(crate) fn attention_with_padded_head_dim<B: Backend, E>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,

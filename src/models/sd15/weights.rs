@@ -199,15 +199,15 @@ impl<B: Backend> Loader<B> {
     }
 
     /// How `DDREP_GPU_CONV` asks GPU backends to run convolutions (an unknown value reads as
-    /// `native` here and is an error in `finish`).
+    /// the default here and is an error in `finish`).
     pub fn gpu_conv(&self) -> super::layers::GpuConv {
-        self.gpu_conv.as_ref().map_or(super::layers::GpuConv::Native, |c| *c)
+        self.gpu_conv.clone().unwrap_or_default()
     }
 
     /// How `DDREP_GPU_ATTENTION` asks GPU backends to run unmasked attention (an unknown value
-    /// reads as `blocked` here and is an error in `finish`).
+    /// reads as the default here and is an error in `finish`).
     pub fn gpu_attention(&self) -> super::layers::GpuAttention {
-        self.gpu_attention.as_ref().map_or(super::layers::GpuAttention::Blocked, |a| *a)
+        self.gpu_attention.clone().unwrap_or_default()
     }
 
     /// Every tensor asked for so far, with its expected shape.
