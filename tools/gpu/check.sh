@@ -21,7 +21,8 @@
 # compiled kernels (PTX) in its cache dir, and this script carries them between sessions:
 # it unpacks .gpu/autotune.tar.xz and .gpu/ptx.tar.xz there when present, and packs them again
 # into $OUT at the end (copy them from the device files into .gpu/ for the next session).
-# Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 8.
+# Everything is written to $OUT (or ./gpu-out): at most 8 files come back, and these are 8
+# (gpu, bench, parity, profile, variants, dmon .txt; autotune, ptx .tar.xz).
 set -u
 OUT=${OUT:-gpu-out}
 STEPS=${STEPS:-bench parity profile kernels dparity sample autotune fusion}
@@ -70,7 +71,7 @@ cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -l
 # step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
 step() {
     local f="$OUT/$1" c=$2; shift 2
-    echo "== ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }$* (cap $(cap "$c") s)" | tee -a "$f"
+    echo "== $(date +%T) ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }$* (cap $(cap "$c") s)" | tee -a "$f"
     timeout "$(cap "$c")" "$@" >> "$f.tmp" 2>&1
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
@@ -95,6 +96,13 @@ for line in blocks[-1].splitlines()[:48] if blocks else []:
         print(" | ".join(c if i else c[:110] for i, c in enumerate(cells)))
 EOF
 }
+# DMON=1: the card's utilisation each second (nvidia-smi dmon, timestamped like the step
+# headers) into dmon.txt: an SM share well below 100 % while ddrep's evals run means the GPU
+# waits for the host to launch kernels.
+if [ "${DMON:-0}" = 1 ]; then
+    nvidia-smi dmon -s u -o T -d 1 > "$OUT/dmon.txt" 2>&1 &
+    DMON_PID=$!
+fi
 BENCH="bench unet --full-only --device cuda --warmup 2 --evals 20 --full-evals 10 --python python3"
 
 for s in $STEPS; do
@@ -139,6 +147,7 @@ for s in $STEPS; do
     esac
 done
 
+[ -n "${DMON_PID:-}" ] && kill "$DMON_PID" 2>/dev/null
 # Pack the caches for the next session (see the header). The autotune picks are small and
 # save the most (a cached pick compiles one kernel, not every candidate); the PTX comes back
 # only while it fits the device tool's 16 MiB per file.
