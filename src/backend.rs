@@ -87,7 +87,7 @@ fn gpu_tag(lib: &libloading::Library) -> Option<String> {
 
 /// `x` convolved by burn-cubecl's implicit-GEMM tensor-core kernel (`ConvStrategy::ImplicitGemm`:
 /// `simple_sync` with cmma tiles, no autotune), for `DDREP_GPU_CONV=implicit-gemm`. `Err(x)`
-/// hands the input back when `B` is not plain burn-cuda (the CPU, burn-cuda with fusion), or
+/// hands the input back when `B` is not burn-cuda (the CPU, candle), or
 /// when the kernel refuses the problem (a shape its tiles do not take; said once on stderr),
 /// so that the caller runs burn's conv2d instead.
 #[cfg(feature = "cuda")]
@@ -97,22 +97,17 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     b: &burn::tensor::Tensor<B, 1>,
     options: burn::tensor::ops::ConvOptions<2>,
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
-    use burn::tensor::{Tensor, TensorPrimitive};
     use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
-    if !plain_cuda::<B>() {
+    if !cube_tensors::<B>() {
         return Err(x);
     }
-    let float = |t: TensorPrimitive<B>| -> Cube { same_type(t.tensor()) };
-    let input = float(x.into_primitive());
-    let weight = float(w.clone().into_primitive());
-    let bias = float(b.clone().into_primitive());
-    let back = |c: Cube| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(c)));
-    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
-        Ok(y) => Ok(back(y)),
+    let input = to_cube(x);
+    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), to_cube(w.clone()), Some(to_cube(b.clone())), options, ConvStrategy::ImplicitGemm) {
+        Ok(y) => Ok(from_cube(y)),
         Err(e) => {
             static SAID: AtomicBool = AtomicBool::new(false);
             say_once(&SAID, || format!("DDREP_GPU_CONV=implicit-gemm: burn-cubecl refused a conv of input {:?} ({}); such convs run burn's conv2d", input.shape.dims, brief_error(&format!("{e:?}"))));
-            Err(back(input))
+            Err(from_cube(input))
         }
     }
 }
@@ -121,7 +116,7 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
 /// routine (`BlackboxAccelerated`, 16x16 tiles, f32 accumulation, no causal mask), for
 /// `DDREP_GPU_ATTENTION=flash`. The routine needs `d` to be a multiple of 16 (SD1.5's 40 is
 /// not): `layers::attention_with_padded_head_dim` pads it.
-/// `Err((q, k, v))` hands the inputs back when `B` is not plain burn-cuda, when `d` is above
+/// `Err((q, k, v))` hands the inputs back when `B` is not burn-cuda, when `d` is above
 /// [`FLASH_MAX_HEAD_DIM`], or when the routine refuses the problem (said once on stderr, and
 /// then every call: [`FLASH_REFUSED`]).
 #[cfg(feature = "cuda")]
@@ -132,16 +127,16 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
     v: burn::tensor::Tensor<B, 4>,
 ) -> Result<burn::tensor::Tensor<B, 4>, (burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>)> {
     use burn::cubecl::ir::{ElemType, FloatKind, StorageType};
-    use burn::tensor::{DType, Tensor, TensorPrimitive};
+    use burn::tensor::{DType, Tensor};
     use cubek::attention::definition::{AccumulatorPrecision, AttentionGlobalTypes, AttentionOptions};
     use cubek::attention::launch::{launch_ref, BlueprintStrategy, Strategy};
-    if !plain_cuda::<B>() || q.dims()[3] > FLASH_MAX_HEAD_DIM || FLASH_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+    if !cube_tensors::<B>() || q.dims()[3] > FLASH_MAX_HEAD_DIM || FLASH_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err((q, k, v));
     }
     let inputs = (q.clone(), k.clone(), v.clone());
     let flash = |q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>| {
         let out = Tensor::<B, 4>::empty(q.dims(), &q.device());
-        let cube = |t: Tensor<B, 4>| -> Cube { burn_cubecl::kernel::into_contiguous(same_type(t.into_primitive().tensor())) };
+        let cube = |t: Tensor<B, 4>| -> Cube { burn_cubecl::kernel::into_contiguous(to_cube(t)) };
         let (qc, kc, vc, oc) = (cube(q), cube(k), cube(v), cube(out));
         let float = match qc.dtype {
             DType::F16 => FloatKind::F16,
@@ -162,7 +157,7 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
                 accumulator_precision: AccumulatorPrecision::Strict(StorageType::Scalar(ElemType::Float(FloatKind::F32))),
             },
         )
-        .map(|()| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type(oc))))
+        .map(|()| from_cube::<B, 4>(oc))
     };
     crate::models::sd15::layers::attention_with_padded_head_dim(q, k, v, 16, flash).map_err(|e| {
         say_once(&FLASH_REFUSED, || format!("DDREP_GPU_ATTENTION=flash: cubek refused attention of q {:?}, k {:?} ({}); attention runs the blocked path from now on in this process", inputs.0.dims(), inputs.1.dims(), brief_error(&format!("{e:?}"))));
@@ -211,11 +206,57 @@ const FLASH_MAX_HEAD_DIM: usize = 160;
 #[cfg(feature = "cuda")]
 type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
 
-/// Whether `B`'s float tensors are [`Cube`] tensors, which [`same_type`] may then move between
-/// the two names.
+/// burn-cuda's backend under burn's fusion, used here only to move tensors in and out of its
+/// stream: its float tensors hold their dtype, so the f32 parameter serves f16 and bf16 too.
+#[cfg(feature = "cuda-fusion")]
+type FusedInner = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+/// A float tensor of burn-cuda with fusion (`burn::backend::Cuda` in `cuda-fusion` builds).
+#[cfg(feature = "cuda-fusion")]
+type Fused = burn_fusion::FusionTensor<burn_cubecl::fusion::FusionCubeRuntime<burn::cubecl::cuda::CudaRuntime, u8>>;
+
+/// Whether `B`'s float tensors are burn-cuda tensors that [`to_cube`] and [`from_cube`] take:
+/// plain, or (in `cuda-fusion` builds) under burn's fusion.
 #[cfg(feature = "cuda")]
-fn plain_cuda<B: burn::tensor::backend::Backend>() -> bool {
-    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
+fn cube_tensors<B: burn::tensor::backend::Backend>() -> bool {
+    let t = std::any::TypeId::of::<B::FloatTensorPrimitive>();
+    #[cfg(feature = "cuda-fusion")]
+    if t == std::any::TypeId::of::<Fused>() {
+        return true;
+    }
+    t == std::any::TypeId::of::<Cube>()
+}
+
+/// A float tensor of `B` as a [`Cube`] ([`cube_tensors`] checked by the caller). Under fusion
+/// this runs the operations queued before it, as any read does: a custom kernel ends a fused
+/// chain.
+#[cfg(feature = "cuda")]
+fn to_cube<B: burn::tensor::backend::Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Cube {
+    let p = t.into_primitive().tensor();
+    #[cfg(feature = "cuda-fusion")]
+    if std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Fused>() {
+        let f: Fused = same_type(p);
+        return f.client.clone().resolve_tensor_float::<FusedInner>(f);
+    }
+    same_type(p)
+}
+
+/// A [`Cube`] as a float tensor of `B`, the inverse of [`to_cube`]: under fusion it is
+/// registered in the stream as an initialised tensor, as burn's `from_data` registers one.
+#[cfg(feature = "cuda")]
+fn from_cube<B: burn::tensor::backend::Backend, const D: usize>(c: Cube) -> burn::tensor::Tensor<B, D> {
+    use burn::tensor::{Tensor, TensorPrimitive};
+    #[cfg(feature = "cuda-fusion")]
+    if std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Fused>() {
+        use burn_fusion::{stream::OperationStreams, NoOp};
+        use burn_ir::{BackendIr, InitOperationIr, OperationIr, OperationOutput};
+        let client = burn_fusion::get_client::<FusedInner>(&c.device);
+        let (shape, dtype) = (c.shape.clone(), c.dtype);
+        let handle = <FusedInner as BackendIr>::float_tensor_handle(c);
+        let init = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
+        let f: Fused = client.register(OperationStreams::default(), OperationIr::Init(init), NoOp::<FusedInner>::new()).output();
+        return Tensor::from_primitive(TensorPrimitive::Float(same_type(f)));
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(same_type(c)))
 }
 
 /// Prints `message()` on stderr the first time `flag` is seen unset (a fallback worth one line,
@@ -227,7 +268,7 @@ fn say_once(flag: &AtomicBool, message: impl FnOnce() -> String) {
     }
 }
 
-/// Moves a value between two names of one type; the callers check that first ([`plain_cuda`]).
+/// Moves a value between two names of one type; the callers check that first ([`cube_tensors`]).
 #[cfg(feature = "cuda")]
 fn same_type<T: 'static, U: 'static>(t: T) -> U {
     let mut slot = Some(t);

@@ -5,6 +5,8 @@
 #   bench    the `cuda` binary (fixed kernels; its defaults DDREP_GPU_CONV=implicit-gemm,
 #            DDREP_GPU_ATTENTION=blocked): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
+#   fusion   the cuda-fusion binary (prepare.sh builds it unless FUSION=0): parity f16, bench
+#            f16 (compare with bench's numbers), profile;
 #   parity   `ddrep parity` on the tiny diffusers fixture in f16, f32 and bf16 on CUDA;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
 #   kernels  the `cuda` binary's other kernel switches, bench f16 without diffusers (compare
@@ -14,7 +16,6 @@
 #            (strict / torch default / TF32), f16 and bf16 on this card: the reference column;
 #   sample   `ddrep sample --method ddrep` end to end on the tiny model in f16;
 #   autotune the cuda-autotune binary (when prepare.sh built it, AUTOTUNE=1): bench f16;
-#   fusion   the cuda-fusion binary (when prepare.sh built it, FUSION=1): parity f16, bench f16.
 # Autotune (the `cuda-autotune` binary) times every candidate kernel of each new shape, and each
 # candidate is JIT-compiled first (~0.8 s of one CPU core each on the H200, 2026-11-26): a
 # first process spends minutes before its first eval ends. So ddrep keeps autotune picks and
@@ -25,7 +26,7 @@
 # (gpu, bench, parity, profile, variants, dmon .txt; autotune, ptx .tar.xz).
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-bench parity profile kernels dparity sample autotune fusion}
+STEPS=${STEPS:-bench fusion parity profile kernels dparity sample autotune}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
@@ -137,9 +138,11 @@ for s in $STEPS; do
             echo "no .gpu/ddrep-autotune.xz: autotune skipped" | tee -a "$OUT/variants.txt"
         fi ;;
     fusion)
+        # burn's fusion around ddrep's kernel calls: fewer launches (profile: the launch counts).
         if [ -x "$BF" ]; then
-            step variants.txt 120 "$BF" parity --device cuda --precision f16
-            step variants.txt 240 "$BF" $BENCH --precision f16
+            step variants.txt 60 "$BF" parity --device cuda --precision f16
+            step variants.txt 120 "$BF" ${BENCH/python3/\/nonexistent} --precision f16
+            profile "$BF"
         else
             echo "no .gpu/ddrep-fusion.xz: fusion skipped" | tee -a "$OUT/variants.txt"
         fi ;;

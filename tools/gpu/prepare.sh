@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a GPU check (run HERE, on the build machine, from the repository root):
-#   1. builds `ddrep` with --features cuda (burn-cubecl's fixed kernels; .gpu/ddrep.xz), with
-#      AUTOTUNE=1 also --features cuda-autotune (.gpu/ddrep-autotune.xz) and with FUSION=1
-#      --features cuda-fusion (.gpu/ddrep-fusion.xz), in their own target dir (so the CPU
+#   1. builds `ddrep` with --features cuda (burn-cubecl's fixed kernels; .gpu/ddrep.xz) and
+#      --features cuda-fusion (.gpu/ddrep-fusion.xz; not with FUSION=0), with AUTOTUNE=1 also
+#      --features cuda-autotune (.gpu/ddrep-autotune.xz), in their own target dir (so the CPU
 #      build stays warm; the cuda features change features of dependencies shared with polars);
 #   2. with GPU_CACHES=DIR, copies the kernel caches a previous check.sh brought back
 #      (DIR/autotune.tar.xz, DIR/ptx.tar.xz, e.g. DIR=/work/.device/N) into .gpu/, so the next
@@ -26,7 +26,7 @@ mkdir -p .gpu
 rm -f .gpu/ddrep .gpu/ddrep*.xz
 features="cuda"
 [ "${AUTOTUNE:-0}" = 1 ] && features="cuda-autotune $features"
-[ "${FUSION:-0}" = 1 ] && features="cuda-fusion $features"
+[ "${FUSION:-1}" = 1 ] && features="cuda-fusion $features"
 for feature in $features; do
     cargo build --release --features "$feature" --bin ddrep
     # Stripped it is ~50 MB, which with the tree and the wheels is near the 64 MiB that
