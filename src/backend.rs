@@ -85,24 +85,45 @@ fn gpu_tag(lib: &libloading::Library) -> Option<String> {
     }
 }
 
-/// `x` convolved by burn-cubecl's implicit-GEMM tensor-core kernel (`ConvStrategy::ImplicitGemm`:
-/// `simple_sync` with cmma tiles, no autotune), for `DDREP_GPU_CONV=implicit-gemm`. `Err(x)`
-/// hands the input back when `B` is not burn-cuda (the CPU, candle), or
-/// when the kernel refuses the problem (a shape its tiles do not take; said once on stderr),
-/// so that the caller runs burn's conv2d instead.
+/// `x` convolved by one of the implicit-GEMM tensor-core kernels that `kernel` names (see
+/// `layers::GPU_CONV_ENV`): `ImplicitGemm` through burn-cubecl's `conv_forward`
+/// (`ConvStrategy::ImplicitGemm`: `simple_sync`, cyclic reading, cmma tiles), the others
+/// through cubek-convolution's `launch_ref` with their reading strategy and tile kind, as
+/// burn-cubecl's autotune launches its candidates. `Err(x)` hands the input back when `B` is
+/// not burn-cuda (the CPU, candle), so that the caller runs burn's conv2d. A kernel that
+/// refuses a problem (a shape its tiles do not take, a kernel that does not compile) is said
+/// once on stderr; a refused sibling is then replaced by `ImplicitGemm` for the rest of the
+/// process, and a refused `ImplicitGemm` hands the input back for that conv.
 #[cfg(feature = "cuda")]
 pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     x: burn::tensor::Tensor<B, 4>,
     w: &burn::tensor::Tensor<B, 4>,
     b: &burn::tensor::Tensor<B, 1>,
     options: burn::tensor::ops::ConvOptions<2>,
+    kernel: crate::models::sd15::layers::GpuConv,
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
+    use crate::models::sd15::layers::GpuConv;
     use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
+    use cubek::convolution::{AcceleratedTileKind as Tile, ReadingStrategy as Read};
     if !cube_tensors::<B>() {
         return Err(x);
     }
-    let input = to_cube(x);
-    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), to_cube(w.clone()), Some(to_cube(b.clone())), options, ConvStrategy::ImplicitGemm) {
+    let (input, weight, bias) = (to_cube(x), to_cube(w.clone()), to_cube(b.clone()));
+    let sibling = match kernel {
+        GpuConv::ImplicitGemmMma => Some((Read::Strided, Tile::Mma)),
+        GpuConv::ImplicitGemmAsync => Some((Read::AsyncCyclic, Tile::Cmma)),
+        GpuConv::ImplicitGemmAsyncMma => Some((Read::AsyncStrided, Tile::Mma)),
+        GpuConv::ImplicitGemmTma => Some((Read::Tma, Tile::Cmma)),
+        GpuConv::ImplicitGemmTmaMma => Some((Read::Tma, Tile::Mma)),
+        _ => None,
+    };
+    if let Some((read, tile)) = sibling.filter(|_| !CONV_SIBLING_REFUSED.load(std::sync::atomic::Ordering::Relaxed)) {
+        match conv_forward_with(input.clone(), weight.clone(), bias.clone(), options.clone(), read, tile) {
+            Ok(y) => return Ok(from_cube(y)),
+            Err(e) => say_once(&CONV_SIBLING_REFUSED, || format!("DDREP_GPU_CONV={kernel:?}: cubek refused a conv of input {:?} ({}); convs run the default implicit-gemm kernel from now on in this process", input.shape.dims, brief_error(&e))),
+        }
+    }
+    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
         Ok(y) => Ok(from_cube(y)),
         Err(e) => {
             static SAID: AtomicBool = AtomicBool::new(false);
@@ -111,6 +132,114 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
         }
     }
 }
+
+/// Set once a sibling implicit-GEMM conv kernel has been refused (see
+/// [`cuda_conv2d_implicit_gemm`]): cubecl keeps no record of a failed compile, so it would be
+/// compiled again at every call.
+#[cfg(feature = "cuda")]
+static CONV_SIBLING_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// burn-cubecl's `launch_convolution_forward` (not public) with a chosen reading strategy and
+/// tile kind: NCHW tensors viewed as NHWC (cubek makes them channel-contiguous if they are
+/// not), an NHWC output viewed back as NCHW.
+#[cfg(feature = "cuda")]
+fn conv_forward_with(
+    input: Cube,
+    weight: Cube,
+    bias: Cube,
+    options: burn::tensor::ops::ConvOptions<2>,
+    read_strategy: cubek::convolution::ReadingStrategy,
+    tile_kind: cubek::convolution::AcceleratedTileKind,
+) -> Result<Cube, String> {
+    use burn_cubecl::ops::{numeric::empty_device_optimized_dtype, permute_nchw_to_nhwc, permute_nhwc_to_nchw};
+    use cubek::convolution::{forward, ConvolutionArgs, Strategy};
+    use cubek::matmul::{
+        definition::{MatmulElems, MatmulGlobalElems},
+        launch::MatmulInputHandleRef,
+    };
+    if options.groups != 1 || options.dilation != [1, 1] {
+        return Err(format!("groups {} / dilation {:?}: only plain convolutions", options.groups, options.dilation));
+    }
+    let (input, weight) = (permute_nchw_to_nhwc(input), permute_nchw_to_nhwc(weight));
+    let [n, h, w, _] = input.shape.dims::<4>();
+    let [o, kh, kw, _] = weight.shape.dims::<4>();
+    let out_size = |len: usize, k: usize, d: usize| (len + 2 * options.padding[d] - k) / options.stride[d] + 1;
+    let out = empty_device_optimized_dtype(
+        input.client.clone(),
+        input.device.clone(),
+        burn::tensor::Shape::new([n, out_size(h, kh, 0), out_size(w, kw, 1), o]),
+        input.dtype,
+    );
+    let dtypes = MatmulElems::from_globals(&MatmulGlobalElems { lhs: input.dtype.into(), rhs: weight.dtype.into(), out: input.dtype.into() });
+    let bias = Some(MatmulInputHandleRef::Normal(bias.as_handle_ref(), bias.dtype.into()));
+    forward::launch_ref::<burn::cubecl::cuda::CudaRuntime, 2>(
+        &Strategy::Simple { read_strategy, tile_kind },
+        &input.client,
+        &MatmulInputHandleRef::new(input.as_handle_ref(), input.dtype.into()),
+        &MatmulInputHandleRef::new(weight.as_handle_ref(), weight.dtype.into()),
+        &bias,
+        &out.as_handle_ref(),
+        ConvolutionArgs { stride: options.stride, padding: options.padding, dilation: options.dilation },
+        dtypes,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    Ok(permute_nhwc_to_nchw(out))
+}
+
+/// `a @ b` (batch dims broadcast) by the cubek-matmul routine `kernel` names (see
+/// `layers::GPU_MATMUL_ENV`), launched as burn-cubecl's matmul launches its default. `Err`
+/// hands the inputs back when `B` is not burn-cuda, for `Auto`, or once a routine has been
+/// refused (said once on stderr; burn's matmul then runs for the rest of the process).
+#[cfg(feature = "cuda")]
+#[allow(clippy::type_complexity)]
+pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
+    a: burn::tensor::Tensor<B, D>,
+    b: burn::tensor::Tensor<B, D>,
+    kernel: crate::models::sd15::layers::GpuMatmul,
+) -> Result<burn::tensor::Tensor<B, D>, (burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>)> {
+    use crate::models::sd15::layers::GpuMatmul;
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::matmul::launch::{MatmulInputHandleRef, Strategy};
+    use cubek::matmul::routines::{double_buffering::DoubleBufferingArgs, ordered_double_buffering::OrderedSelectionArgs, simple::SimpleArgs, BlueprintStrategy};
+    let strategy = match kernel {
+        GpuMatmul::Auto => None,
+        GpuMatmul::SimpleMma => Some(Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: false }))),
+        GpuMatmul::Double => Some(Strategy::DoubleCyclicCmma(BlueprintStrategy::Inferred(DoubleBufferingArgs { specialized: false }))),
+        GpuMatmul::DoubleMma => Some(Strategy::DoubleCyclicMma(BlueprintStrategy::Inferred(DoubleBufferingArgs { specialized: false }))),
+        GpuMatmul::OrderedDouble => Some(Strategy::OrderedDoubleCmma(BlueprintStrategy::Inferred(OrderedSelectionArgs {
+            partition_k: Some(2),
+            row_count: Some(8),
+            rows_per_plane: Some(2),
+        }))),
+        GpuMatmul::SpecializedTmaMma => Some(Strategy::SpecializedTmaMma(BlueprintStrategy::Inferred(().into()))),
+    };
+    let Some(strategy) = strategy.filter(|_| cube_tensors::<B>() && !MATMUL_REFUSED.load(std::sync::atomic::Ordering::Relaxed)) else {
+        return Err((a, b));
+    };
+    let inputs = (a.clone(), b.clone());
+    let (lhs, rhs) = (to_cube(a), to_cube(b));
+    let out = burn_cubecl::kernel::matmul::init_matmul_output(&lhs, &rhs, lhs.dtype);
+    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems { lhs: lhs.dtype.into(), rhs: lhs.dtype.into(), out: out.dtype.into() });
+    let launched = cubek::matmul::launch::launch_ref(
+        &strategy,
+        &lhs.client,
+        &MatmulInputHandleRef::new(lhs.as_handle_ref(), lhs.dtype.into()),
+        &MatmulInputHandleRef::new(rhs.as_handle_ref(), lhs.dtype.into()),
+        &out.as_handle_ref(),
+        &mut dtypes,
+    );
+    match launched {
+        Ok(()) => Ok(from_cube(out)),
+        Err(e) => {
+            say_once(&MATMUL_REFUSED, || format!("DDREP_GPU_MATMUL={kernel:?}: cubek refused a matmul of {:?} x {:?} ({}); burn's matmul runs from now on in this process", lhs.shape.dims, rhs.shape.dims, brief_error(&format!("{e:?}"))));
+            Err(inputs)
+        }
+    }
+}
+
+/// Set once a [`cuda_matmul`] routine has been refused.
+#[cfg(feature = "cuda")]
+static MATMUL_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// `softmax(q k^T / sqrt(d)) v` on `[n, heads, L, d]` by cubek's tensor-core flash-attention
 /// routine (`BlackboxAccelerated`, 16x16 tiles, f32 accumulation, no causal mask), for

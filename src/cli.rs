@@ -352,6 +352,7 @@ fn decode_on<B: Backend>(a: &DecodeArgs, device: &B::Device) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     crate::models::sd15::layers::gpu_conv().map_err(|e| anyhow::anyhow!(e))?;
     crate::models::sd15::layers::gpu_attention().map_err(|e| anyhow::anyhow!(e))?;
+    crate::models::sd15::layers::gpu_matmul().map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {
         Command::Sample(a) => sample(&a),
         Command::Decode(a) => decode(&a),

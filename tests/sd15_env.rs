@@ -1,4 +1,4 @@
-//! `DDREP_GPU_CONV` and `DDREP_GPU_ATTENTION` through the library (no CLI): the environment is
+//! `DDREP_GPU_CONV`, `DDREP_GPU_ATTENTION` and `DDREP_GPU_MATMUL` through the library (no CLI): the environment is
 //! process-wide, so this file holds the one test that sets them.
 
 mod sd15_common;
@@ -10,8 +10,17 @@ use sd15_common::{model_dir, B};
 fn unknown_gpu_kernel_values_fail_the_load_with_one_line() {
     let device = Default::default();
     let cases = [
-        ("DDREP_GPU_CONV", "DDREP_GPU_CONV=\"fast\": expected `implicit-gemm` (the default), `native` or `im2col`", &["native", "im2col", "implicit-gemm", ""][..]),
+        (
+            "DDREP_GPU_CONV",
+            "DDREP_GPU_CONV=\"fast\": expected `implicit-gemm` (the default), `implicit-gemm-mma`, `implicit-gemm-async`, `implicit-gemm-async-mma`, `implicit-gemm-tma`, `implicit-gemm-tma-mma`, `native` or `im2col`",
+            &["native", "im2col", "implicit-gemm", "implicit-gemm-mma", "implicit-gemm-async", "implicit-gemm-async-mma", "implicit-gemm-tma", "implicit-gemm-tma-mma", ""][..],
+        ),
         ("DDREP_GPU_ATTENTION", "DDREP_GPU_ATTENTION=\"fast\": expected `blocked` (the default) or `flash`", &["blocked", "flash", ""][..]),
+        (
+            "DDREP_GPU_MATMUL",
+            "DDREP_GPU_MATMUL=\"fast\": expected `auto` (the default), `simple-mma`, `double`, `double-mma`, `ordered-double` or `specialized-tma-mma`",
+            &["auto", "simple-mma", "double", "double-mma", "ordered-double", "specialized-tma-mma", ""][..],
+        ),
     ];
     for (var, expected, known) in cases {
         std::env::set_var(var, "fast");

@@ -171,5 +171,11 @@ fn parity_command_checks_every_part() {
     let o = with_conv("im2col");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && stdout.contains("all 8 checks within 1e-2"), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    common::assert_one_line_error(&with_conv("fast"), "DDREP_GPU_CONV=\"fast\": expected `implicit-gemm` (the default), `native` or `im2col`");
+    common::assert_one_line_error(&with_conv("fast"), "DDREP_GPU_CONV=\"fast\": expected `implicit-gemm` (the default), `implicit-gemm-mma`");
+
+    // DDREP_GPU_MATMUL other than `auto` splits the linear layers into matmul + bias (the path
+    // burn-cuda's routines take); off CUDA the matmul is burn's, so this checks the split.
+    let o = run_env(&["--precision", "f16"], &[("DDREP_GPU_MATMUL", "double")]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && stdout.contains("all 8 checks within 1e-2"), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
 }

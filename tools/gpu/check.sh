@@ -7,6 +7,9 @@
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
 #   fusion   the cuda-fusion binary (prepare.sh builds it unless FUSION=0): parity f16, bench
 #            f16 (compare with bench's numbers), profile;
+#   convs    bench f16 (no diffusers) with each of DDREP_GPU_CONV's other implicit-GEMM
+#            kernels (-mma, -async, -async-mma, -tma, -tma-mma);
+#   matmuls  the same with each of DDREP_GPU_MATMUL's routines other than `auto`;
 #   parity   `ddrep parity` on the tiny diffusers fixture in f16, f32 and bf16 on CUDA;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
 #   kernels  the `cuda` binary's other kernel switches, bench f16 without diffusers (compare
@@ -26,7 +29,7 @@
 # (gpu, bench, parity, profile, variants, dmon .txt; autotune, ptx .tar.xz).
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-bench fusion parity profile kernels dparity sample autotune}
+STEPS=${STEPS:-bench fusion convs matmuls parity profile kernels dparity sample autotune}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
@@ -72,7 +75,7 @@ cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -l
 # step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
 step() {
     local f="$OUT/$1" c=$2; shift 2
-    echo "== $(date +%T) ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }$* (cap $(cap "$c") s)" | tee -a "$f"
+    echo "== $(date +%T) ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }${DDREP_GPU_MATMUL:+DDREP_GPU_MATMUL=$DDREP_GPU_MATMUL }$* (cap $(cap "$c") s)" | tee -a "$f"
     timeout "$(cap "$c")" "$@" >> "$f.tmp" 2>&1
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
@@ -113,6 +116,16 @@ for s in $STEPS; do
     dparity) step parity.txt 90 python3 tools/gpu/diffusers_parity.py --device cuda ;;
     parity)
         for p in f16 f32 bf16; do step parity.txt 60 "$B" parity --device cuda --precision "$p"; done ;;
+    convs)
+        # cubek-convolution's other implicit-GEMM kernels (burn reaches them only by autotune).
+        for conv in implicit-gemm-mma implicit-gemm-async implicit-gemm-async-mma implicit-gemm-tma implicit-gemm-tma-mma; do
+            DDREP_GPU_CONV=$conv step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        done ;;
+    matmuls)
+        # cubek-matmul's other routines for the linear layers and the blocked attention.
+        for mm in simple-mma double double-mma ordered-double specialized-tma-mma; do
+            DDREP_GPU_MATMUL=$mm step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        done ;;
     kernels)
         for conv in native im2col; do
             DDREP_GPU_CONV=$conv step variants.txt 100 "$B" ${BENCH/python3/\/nonexistent} --precision f16

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::config::ClipTextConfig;
-use super::layers::{multi_head_attention, quick_gelu, GpuAttention, LayerNorm, Linear};
+use super::layers::{multi_head_attention, quick_gelu, AttentionKernels, GpuAttention, LayerNorm, Linear};
 use super::weights::Loader;
 
 struct EncoderLayer<B: Backend> {
@@ -29,6 +29,8 @@ pub struct ClipTextModel<B: Backend> {
     position_embedding: Tensor<B, 2>,
     layers: Vec<EncoderLayer<B>>,
     final_layer_norm: LayerNorm<B>,
+    /// GPU routines of the (causal, so always blocked) attention: its matmuls.
+    attention_kernels: AttentionKernels,
 }
 
 /// Outputs of one forward pass.
@@ -73,7 +75,8 @@ impl<B: Backend> ClipTextModel<B> {
             })
             .collect();
         let final_layer_norm = LayerNorm::load(ld, "text_model.final_layer_norm", h, eps);
-        Ok(Self { config: config.clone(), token_embedding, position_embedding, layers, final_layer_norm })
+        let attention_kernels = AttentionKernels { attention: GpuAttention::Blocked, ..ld.attention_kernels() };
+        Ok(Self { config: config.clone(), token_embedding, position_embedding, layers, final_layer_norm, attention_kernels })
     }
 
     /// Runs the encoder on token ids (each row the same length, at most the position count).
@@ -111,7 +114,7 @@ impl<B: Backend> ClipTextModel<B> {
                 layer.v_proj.forward(h),
                 heads,
                 Some(mask.clone()),
-                GpuAttention::Blocked,
+                self.attention_kernels,
             );
             x = x + layer.out_proj.forward(a);
             let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));

@@ -45,6 +45,8 @@ pub struct Linear<B: Backend> {
     p: Params<B, 2>,
     inp: usize,
     out: usize,
+    /// The matmul routine on burn-cuda ([`GPU_MATMUL_ENV`]).
+    kernel: GpuMatmul,
 }
 
 impl<B: Backend> Linear<B> {
@@ -55,12 +57,20 @@ impl<B: Backend> Linear<B> {
             p: Params::new(w, b, ld.device()),
             inp,
             out,
+            kernel: ld.gpu_matmul(),
         }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.p {
-            Params::Backend { w, b } => burn::tensor::module::linear(x, w.clone(), b.clone()),
+            Params::Backend { w, b } if self.kernel == GpuMatmul::Auto => burn::tensor::module::linear(x, w.clone(), b.clone()),
+            Params::Backend { w, b } => {
+                let y = matmul(x, w.clone().unsqueeze(), self.kernel);
+                match b {
+                    Some(b) => y + b.clone().unsqueeze(),
+                    None => y,
+                }
+            }
             Params::Host { w, b } => {
                 let mut shape = x.dims();
                 let rows = shape[..D - 1].iter().product();
@@ -89,24 +99,29 @@ pub struct Conv2d<B: Backend> {
     /// Backend path: im2col + matmul for stride-1 "same" convs up to this many pixels (1x1 at any size);
     /// 0: never.
     gemm_max_pixels: usize,
-    /// Backend path: burn-cubecl's implicit-GEMM kernel on CUDA (`DDREP_GPU_CONV=implicit-gemm`).
+    /// Backend path on burn-cuda: one of the implicit-GEMM kernels ([`GPU_CONV_ENV`]), or
+    /// burn's conv2d.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    implicit_gemm: bool,
+    kernel: GpuConv,
 }
 
 /// Largest H*W for which stride-1 convs go through im2col + matmul on a non-f32 CPU backend.
 const GEMM_MAX_PIXELS: usize = 32 * 32;
 
 /// Environment switch for the convolutions of GPU (cubecl) backends: `implicit-gemm` (default:
-/// burn-cubecl's implicit-GEMM tensor-core kernel, `simple_sync` with cmma tiles, chosen
-/// without autotune; on CUDA backends without fusion, else burn's conv2d), `native` (burn's
-/// conv2d: burn-cubecl's direct kernel in `cuda` builds, autotuned between it and the
-/// implicit-GEMM kernels in `cuda-autotune` builds) or `im2col` (every stride-1 "same" conv as
-/// im2col + one matmul on the tensor cores, f32 accumulation; more memory). The default is the
-/// fastest measured: an SD1.5 UNet eval in f16 on the lent H200 (2026-11-26, `cuda` build) took
-/// 0.087 s with `implicit-gemm`, 0.137 s with `im2col` and 0.330 s with `native`. Read once per
-/// model part by the `Loader`; an unknown value is an error from `Loader::finish` (and when the
-/// CLI starts).
+/// burn-cubecl's implicit-GEMM tensor-core kernel, `simple_sync` with cyclic reading and cmma
+/// tiles, chosen without autotune; on burn-cuda, else burn's conv2d), its siblings among
+/// cubek-convolution's kernels, which burn reaches only through autotune (`implicit-gemm-mma`:
+/// PTX `mma` tiles with strided reading; `-async`, `-async-mma`: asynchronous loads;
+/// `-tma`, `-tma-mma`: the tensor-memory accelerator, Hopper on), `native` (burn's conv2d:
+/// burn-cubecl's direct kernel in `cuda` builds, autotuned in `cuda-autotune` builds) or
+/// `im2col` (every stride-1 "same" conv as im2col + one matmul on the tensor cores, f32
+/// accumulation; more memory). The default is the fastest measured: an SD1.5 UNet eval in f16
+/// on the lent H200 (2026-11-26, `cuda` build) took 0.087 s with `implicit-gemm`, 0.137 s with
+/// `im2col` and 0.330 s with `native` (the siblings are not yet measured). A sibling that
+/// cubek refuses is said once on stderr and then the default kernel runs for the rest of the
+/// process. Read once per model part by the `Loader`; an unknown value is an error from
+/// `Loader::finish` (and when the CLI starts).
 pub const GPU_CONV_ENV: &str = "DDREP_GPU_CONV";
 
 /// How GPU backends run convolutions; see [`GPU_CONV_ENV`].
@@ -114,14 +129,88 @@ pub const GPU_CONV_ENV: &str = "DDREP_GPU_CONV";
 pub enum GpuConv {
     #[default]
     ImplicitGemm,
+    ImplicitGemmMma,
+    ImplicitGemmAsync,
+    ImplicitGemmAsyncMma,
+    ImplicitGemmTma,
+    ImplicitGemmTmaMma,
     Native,
     Im2col,
 }
 
-/// The value of [`GPU_CONV_ENV`], or an error naming the variable for anything but
-/// `implicit-gemm`, `native`, `im2col` or unset.
+impl GpuConv {
+    /// Whether this is one of the implicit-GEMM kernels (called by ddrep, not by burn's conv2d).
+    pub fn is_implicit_gemm(self) -> bool {
+        !matches!(self, GpuConv::Native | GpuConv::Im2col)
+    }
+}
+
+/// The names of [`GpuConv`]'s values, as [`GPU_CONV_ENV`] takes them.
+const GPU_CONV_NAMES: [(&str, GpuConv); 8] = [
+    ("implicit-gemm", GpuConv::ImplicitGemm),
+    ("implicit-gemm-mma", GpuConv::ImplicitGemmMma),
+    ("implicit-gemm-async", GpuConv::ImplicitGemmAsync),
+    ("implicit-gemm-async-mma", GpuConv::ImplicitGemmAsyncMma),
+    ("implicit-gemm-tma", GpuConv::ImplicitGemmTma),
+    ("implicit-gemm-tma-mma", GpuConv::ImplicitGemmTmaMma),
+    ("native", GpuConv::Native),
+    ("im2col", GpuConv::Im2col),
+];
+
+/// The value of [`GPU_CONV_ENV`], or an error naming the variable and the known values.
 pub fn gpu_conv() -> Result<GpuConv, String> {
-    env_choice(GPU_CONV_ENV, &[("implicit-gemm", GpuConv::ImplicitGemm), ("native", GpuConv::Native), ("im2col", GpuConv::Im2col)])
+    env_choice(GPU_CONV_ENV, &GPU_CONV_NAMES)
+}
+
+/// Environment switch for the matmuls of the SD1.5 models' linear layers and blocked attention
+/// on burn-cuda: `auto` (default: burn's matmul, which without autotune is cubek-matmul's
+/// `Auto`, the simple cyclic cmma kernel) or one of cubek-matmul's other routines, which burn
+/// reaches only through autotune: `simple-mma` (PTX `mma` tiles), `double`, `double-mma`
+/// (double buffering), `ordered-double` (ordered double buffering, 8 rows), `specialized-tma-mma`
+/// (warp-specialised loads through the tensor-memory accelerator). Not yet measured on a GPU.
+/// A refused routine is said once on stderr, and burn's matmul runs for the rest of the process.
+/// Read once per model part by the `Loader`, like [`GPU_CONV_ENV`].
+pub const GPU_MATMUL_ENV: &str = "DDREP_GPU_MATMUL";
+
+/// Which matmul routine GPU backends run; see [`GPU_MATMUL_ENV`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuMatmul {
+    #[default]
+    Auto,
+    SimpleMma,
+    Double,
+    DoubleMma,
+    OrderedDouble,
+    SpecializedTmaMma,
+}
+
+/// The value of [`GPU_MATMUL_ENV`], or an error naming the variable and the known values.
+pub fn gpu_matmul() -> Result<GpuMatmul, String> {
+    env_choice(
+        GPU_MATMUL_ENV,
+        &[
+            ("auto", GpuMatmul::Auto),
+            ("simple-mma", GpuMatmul::SimpleMma),
+            ("double", GpuMatmul::Double),
+            ("double-mma", GpuMatmul::DoubleMma),
+            ("ordered-double", GpuMatmul::OrderedDouble),
+            ("specialized-tma-mma", GpuMatmul::SpecializedTmaMma),
+        ],
+    )
+}
+
+/// `a @ b` (batch dims broadcast, as burn's matmul), by the routine `kernel` names on burn-cuda
+/// and by burn's matmul everywhere else.
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kernel: GpuMatmul) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if kernel != GpuMatmul::Auto {
+        return match crate::backend::cuda_matmul(a, b, kernel) {
+            Ok(y) => y,
+            Err((a, b)) => a.matmul(b),
+        };
+    }
+    let _ = kernel;
+    a.matmul(b)
 }
 
 /// A switch read from the environment: unset or empty gives `T`'s default, a listed name its
@@ -145,6 +234,14 @@ fn env_choice<T: Copy + Default + PartialEq>(var: &str, choices: &[(&str, T)]) -
 /// of 16; on CUDA backends without fusion, else blocked). Read once per model part by the
 /// `Loader`, like [`GPU_CONV_ENV`].
 pub const GPU_ATTENTION_ENV: &str = "DDREP_GPU_ATTENTION";
+
+/// The GPU routines of [`multi_head_attention`]: the attention itself and the blocked path's
+/// matmuls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttentionKernels {
+    pub attention: GpuAttention,
+    pub matmul: GpuMatmul,
+}
 
 /// How GPU backends run unmasked attention; see [`GPU_ATTENTION_ENV`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -188,7 +285,7 @@ impl<B: Backend> Conv2d<B> {
             } else {
                 0
             },
-            implicit_gemm: ld.gpu_conv() == GpuConv::ImplicitGemm,
+            kernel: ld.gpu_conv(),
         }
     }
 
@@ -302,8 +399,8 @@ impl<B: Backend> Conv2d<B> {
         }
         let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         #[cfg(feature = "cuda")]
-        let x = if self.implicit_gemm {
-            match crate::backend::cuda_conv2d_implicit_gemm(x, w, b, opts.clone()) {
+        let x = if self.kernel.is_implicit_gemm() {
+            match crate::backend::cuda_conv2d_implicit_gemm(x, w, b, opts.clone(), self.kernel) {
                 Ok(y) => return y,
                 Err(x) => x,
             }
@@ -491,14 +588,14 @@ fn reduce_last<B: Backend, const D: usize>(x: Tensor<B, D>, op: RowReduce) -> Te
 
 /// Multi-head scaled dot-product attention on `[n, L, C]` projections, scale `head_dim^-0.5`.
 /// Heads are split as `view(n, L, heads, hd).transpose(1, 2)`, as diffusers and transformers do.
-/// `kernel` picks the GPU routine for unmasked attention ([`GPU_ATTENTION_ENV`]).
+/// `kernels` picks the GPU routines ([`GPU_ATTENTION_ENV`], [`GPU_MATMUL_ENV`]).
 pub fn multi_head_attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     heads: usize,
     mask: Option<Tensor<B, 4, Bool>>,
-    kernel: GpuAttention,
+    kernels: AttentionKernels,
 ) -> Tensor<B, 3> {
     let [n, lq, c] = q.dims();
     let lk = k.dims()[1];
@@ -516,16 +613,14 @@ pub fn multi_head_attention<B: Backend>(
             return tensor_from_vec(out, [n, lq, c], &device);
         }
         #[cfg(feature = "cuda")]
-        None if kernel == GpuAttention::Flash => {
+        None if kernels.attention == GpuAttention::Flash => {
             match crate::backend::cuda_flash_attention(split(q, lq), split(k, lk), split(v, lk)) {
                 Ok(out) => out,
-                Err((q, k, v)) => blocked_attention(q, k, v, None),
+                Err((q, k, v)) => blocked_attention(q, k, v, None, kernels.matmul),
             }
         }
-        mask => blocked_attention(split(q, lq), split(k, lk), split(v, lk), mask),
+        mask => blocked_attention(split(q, lq), split(k, lk), split(v, lk), mask, kernels.matmul),
     };
-    #[cfg(not(feature = "cuda"))]
-    let _ = kernel;
     out.swap_dims(1, 2).reshape([n, lq, c])
 }
 
@@ -560,11 +655,18 @@ const ATTENTION_BLOCK_ELEMS: usize = 1 << 27;
 /// burn's fused `attention`: in burn 0.20.1 its CUDA kernel (cubek flash attention) always
 /// applies a causal mask (`causal: true` in burn-cubecl's `flash_attention`), wrong for every
 /// attention in SD1.5.
-fn blocked_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 4> {
-    blocked_attention_within(q, k, v, mask, ATTENTION_BLOCK_ELEMS)
+fn blocked_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>, kernel: GpuMatmul) -> Tensor<B, 4> {
+    blocked_attention_within(q, k, v, mask, ATTENTION_BLOCK_ELEMS, kernel)
 }
 
-fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>, max_elems: usize) -> Tensor<B, 4> {
+fn blocked_attention_within<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    max_elems: usize,
+    kernel: GpuMatmul,
+) -> Tensor<B, 4> {
     let [n, heads, lq, hd] = q.dims();
     let lk = k.dims()[2];
     let kt = k.swap_dims(2, 3);
@@ -579,7 +681,7 @@ fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
     let mut start = 0;
     while start < lq {
         let len = block.min(lq - start);
-        let mut scores = q.clone().narrow(2, start, len).matmul(kt.clone());
+        let mut scores = matmul(q.clone().narrow(2, start, len), kt.clone(), kernel);
         if let Some(m) = &mask {
             // A mask of one query row broadcasts; a full mask is cut like the queries.
             let m = if m.dims()[2] == lq && lq > 1 { m.clone().narrow(2, start, len) } else { m.clone() };
@@ -590,7 +692,7 @@ fn blocked_attention_within<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         // run in f32, as PyTorch's attention accumulates.
         let exps = (scores.clone() - reduce_last(scores, RowReduce::Max)).exp();
         let to_f32 = |t: Tensor<B, 4>| if half.is_some() { t.cast(FloatDType::F32) } else { t };
-        let out = to_f32(exps.clone().matmul(v.clone())) / reduce_last(to_f32(exps), RowReduce::Sum);
+        let out = to_f32(matmul(exps.clone(), v.clone(), kernel)) / reduce_last(to_f32(exps), RowReduce::Sum);
         let out = match half {
             Some(h) => out.cast(h),
             None => out,
@@ -728,7 +830,7 @@ mod tests {
         let k: Vec<f32> = (0..lk * d).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.05).collect();
         let v: Vec<f32> = (0..lk * d).map(|i| ((i * 5 % 11) as f32) / 10.0).collect();
         let t = |x: &Vec<f32>, l: usize| Tensor::<H, 4>::from_data(TensorData::new(x.clone(), [1, 1, l, d]), &dev);
-        let got: Vec<f32> = blocked_attention_within(t(&q, lq), t(&k, lk), t(&v, lk), None, usize::MAX).into_data().convert::<f32>().into_vec().unwrap();
+        let got: Vec<f32> = blocked_attention_within(t(&q, lq), t(&k, lk), t(&v, lk), None, usize::MAX, GpuMatmul::Auto).into_data().convert::<f32>().into_vec().unwrap();
         // Reference in f64 from the f16-rounded inputs.
         let r = |x: &Vec<f32>| x.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect::<Vec<f64>>();
         let want = attention_f64(&r(&q), &r(&k), &r(&v), d, |_, _| true);
@@ -750,7 +852,7 @@ mod tests {
             let dev = Default::default();
             let t = |v: &Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [n, h, l, d]), &dev);
             let mask = causal.then(|| Tensor::<B, 4, Bool>::from_data(TensorData::new((0..l * l).map(|k| k % l > k / l).collect::<Vec<bool>>(), [1, 1, l, l]), &dev));
-            let got: Vec<f32> = blocked_attention_within(t(&qv), t(&kv), t(&vv), mask, max_elems).into_data().convert::<f32>().into_vec().unwrap();
+            let got: Vec<f32> = blocked_attention_within(t(&qv), t(&kv), t(&vv), mask, max_elems, GpuMatmul::Auto).into_data().convert::<f32>().into_vec().unwrap();
             for b in 0..n * h {
                 let head = |v: &Vec<f32>| v[b * l * d..(b + 1) * l * d].iter().map(|&x| x as f64).collect::<Vec<f64>>();
                 let want = attention_f64(&head(&qv), &head(&kv), &head(&vv), d, |i, j| !causal || j <= i);
@@ -784,7 +886,7 @@ mod tests {
             let t = |v: &Vec<f32>, l: usize| Tensor::<Cpu, 4>::from_data(TensorData::new(v.clone(), [n, h, l, d]), &dev);
             let got = attention_with_padded_head_dim(t(&qv, lq), t(&kv, lk), t(&vv, lk), 16, |q, k, v| {
                 assert_eq!(q.dims()[3] % 16, 0, "the routine got head dim {}", q.dims()[3]);
-                Ok::<_, ()>(blocked_attention(q, k, v, None))
+                Ok::<_, ()>(blocked_attention(q, k, v, None, GpuMatmul::Auto))
             })
             .unwrap();
             assert_eq!(got.dims(), [n, h, lq, d]);

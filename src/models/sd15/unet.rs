@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
 use super::layers::{
-    geglu, multi_head_attention, upsample_nearest, Conv2d, GpuAttention, GroupNorm, LayerNorm, Linear,
+    geglu, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
     ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
@@ -22,7 +22,7 @@ struct Attention<B: Backend> {
     to_v: Linear<B>,
     to_out: Linear<B>,
     heads: usize,
-    kernel: GpuAttention,
+    kernels: AttentionKernels,
 }
 
 impl<B: Backend> Attention<B> {
@@ -33,7 +33,7 @@ impl<B: Backend> Attention<B> {
             to_v: Linear::load(ld, &format!("{p}.to_v"), ctx, c, false),
             to_out: Linear::load(ld, &format!("{p}.to_out.0"), c, c, true),
             heads,
-            kernel: ld.gpu_attention(),
+            kernels: ld.attention_kernels(),
         }
     }
 
@@ -44,7 +44,7 @@ impl<B: Backend> Attention<B> {
             self.to_v.forward(ctx),
             self.heads,
             None,
-            self.kernel,
+            self.kernels,
         );
         self.to_out.forward(a)
     }

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 
 use super::config::VaeConfig;
 use super::layers::{
-    multi_head_attention, upsample_nearest, Conv2d, GpuAttention, GroupNorm, Linear, ResnetBlock, ResnetCfg,
+    multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, Linear, ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
 
@@ -21,7 +21,7 @@ struct VaeAttention<B: Backend> {
     to_k: Linear<B>,
     to_v: Linear<B>,
     to_out: Linear<B>,
-    kernel: GpuAttention,
+    kernels: AttentionKernels,
 }
 
 impl<B: Backend> VaeAttention<B> {
@@ -33,7 +33,7 @@ impl<B: Backend> VaeAttention<B> {
             to_k: lin(ld, "to_k"),
             to_v: lin(ld, "to_v"),
             to_out: lin(ld, "to_out.0"),
-            kernel: ld.gpu_attention(),
+            kernels: ld.attention_kernels(),
         }
     }
 
@@ -50,7 +50,7 @@ impl<B: Backend> VaeAttention<B> {
             self.to_v.forward(t),
             1,
             None,
-            self.kernel,
+            self.kernels,
         );
         let out = self.to_out.forward(a).swap_dims(1, 2).reshape([n, c, h, w]);
         out + x

@@ -104,6 +104,8 @@ pub struct Loader<B: Backend> {
     gpu_conv: std::result::Result<super::layers::GpuConv, String>,
     /// `DDREP_GPU_ATTENTION`, read once per part, the same way.
     gpu_attention: std::result::Result<super::layers::GpuAttention, String>,
+    /// `DDREP_GPU_MATMUL`, read once per part, the same way.
+    gpu_matmul: std::result::Result<super::layers::GpuMatmul, String>,
 }
 
 impl<B: Backend> Loader<B> {
@@ -129,6 +131,7 @@ impl<B: Backend> Loader<B> {
             used: BTreeSet::new(),
             gpu_conv: super::layers::gpu_conv(),
             gpu_attention: super::layers::gpu_attention(),
+            gpu_matmul: super::layers::gpu_matmul(),
         }
     }
 
@@ -206,8 +209,20 @@ impl<B: Backend> Loader<B> {
 
     /// How `DDREP_GPU_ATTENTION` asks GPU backends to run unmasked attention (an unknown value
     /// reads as the default here and is an error in `finish`).
-    pub fn gpu_attention(&self) -> super::layers::GpuAttention {
+    fn gpu_attention(&self) -> super::layers::GpuAttention {
         self.gpu_attention.clone().unwrap_or_default()
+    }
+
+    /// How `DDREP_GPU_MATMUL` asks GPU backends to run the linear layers' and the blocked
+    /// attention's matmuls (an unknown value reads as the default here and is an error in
+    /// `finish`).
+    pub fn gpu_matmul(&self) -> super::layers::GpuMatmul {
+        self.gpu_matmul.clone().unwrap_or_default()
+    }
+
+    /// The GPU routines of attention layers: `DDREP_GPU_ATTENTION` and `DDREP_GPU_MATMUL`.
+    pub fn attention_kernels(&self) -> super::layers::AttentionKernels {
+        super::layers::AttentionKernels { attention: self.gpu_attention(), matmul: self.gpu_matmul() }
     }
 
     /// Every tensor asked for so far, with its expected shape.
@@ -233,7 +248,7 @@ impl<B: Backend> Loader<B> {
     /// Ends loading: one error listing every missing, mis-shaped or mistyped tensor (and, when
     /// `strict`, every extra one), or Ok.
     pub fn finish(self, strict: bool) -> Result<()> {
-        if let Err(e) = self.gpu_conv.as_ref().and(self.gpu_attention.as_ref()) {
+        if let Some(e) = [self.gpu_conv.as_ref().err(), self.gpu_attention.as_ref().err(), self.gpu_matmul.as_ref().err()].into_iter().flatten().next() {
             bail!("{e}");
         }
         let mut problems = self.problems.clone();
