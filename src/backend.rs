@@ -133,6 +133,19 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// A conv weight `[out, in, kh, kw]` whose memory is laid out `[out, kh, kw, in]` (the same
+/// tensor to every op; a view with permuted strides), when `B` is burn-cuda; else `w` as it is.
+/// cubek's implicit-GEMM kernels take NHWC-ordered operands and copy a weight whose channels
+/// are not contiguous at every call: 98 copies per SD1.5 UNet eval otherwise.
+#[cfg(feature = "cuda")]
+pub fn channels_last<B: burn::tensor::backend::Backend>(w: burn::tensor::Tensor<B, 4>) -> burn::tensor::Tensor<B, 4> {
+    if !cube_tensors::<B>() {
+        return w;
+    }
+    let ohwi = burn_cubecl::kernel::into_contiguous(to_cube(w.permute([0, 2, 3, 1])));
+    from_cube::<B, 4>(ohwi).permute([0, 3, 1, 2])
+}
+
 /// Set once a sibling implicit-GEMM conv kernel has been refused (see
 /// [`cuda_conv2d_implicit_gemm`]): cubecl keeps no record of a failed compile, so it would be
 /// compiled again at every call.

@@ -269,6 +269,10 @@ impl<B: Backend> Conv2d<B> {
     ) -> Self {
         let w = ld.tensor(&format!("{prefix}.weight"), [out, inp, k, k]);
         let b = ld.tensor(&format!("{prefix}.bias"), [out]);
+        // cubek's implicit-GEMM kernels read weights channels-last and copy any other layout
+        // at every call; on burn-cuda the weight is stored that way once, here.
+        #[cfg(feature = "cuda")]
+        let w = if ld.gpu_conv().is_implicit_gemm() && k > 1 { crate::backend::channels_last(w) } else { w };
         Self {
             p: Params::new(w, Some(b), ld.device()),
             dims: [out, inp, k],
