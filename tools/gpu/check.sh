@@ -5,12 +5,12 @@
 #   bench    the `cuda` binary (fixed kernels; its defaults DDREP_GPU_CONV=implicit-gemm,
 #            DDREP_GPU_ATTENTION=blocked): `ddrep bench unet --full-only` in each of
 #            BENCH_PRECISIONS (default f16), diffusers beside it on the same card and dtype;
+#   parity   `ddrep parity` on the tiny diffusers fixture in f16, f32 and bf16 on CUDA;
 #   fusion   the cuda-fusion binary (prepare.sh builds it unless FUSION=0): parity f16, bench
 #            f16 (compare with bench's numbers), profile;
 #   convs    bench f16 (no diffusers) with each of DDREP_GPU_CONV's other implicit-GEMM
 #            kernels (-mma, -async, -async-mma, -tma, -tma-mma);
 #   matmuls  the same with each of DDREP_GPU_MATMUL's routines other than `auto`;
-#   parity   `ddrep parity` on the tiny diffusers fixture in f16, f32 and bf16 on CUDA;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
 #   kernels  the `cuda` binary's other kernel switches, bench f16 without diffusers (compare
 #            with bench's numbers): DDREP_GPU_CONV=native and im2col, DDREP_GPU_ATTENTION=flash
@@ -29,7 +29,7 @@
 # (gpu, bench, parity, profile, variants, dmon .txt; autotune, ptx .tar.xz).
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-bench fusion convs matmuls parity profile kernels dparity sample autotune}
+STEPS=${STEPS:-bench parity fusion convs matmuls profile kernels dparity sample autotune}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
