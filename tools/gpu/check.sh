@@ -164,6 +164,8 @@ for s in $STEPS; do
 done
 
 [ -n "${DMON_PID:-}" ] && kill "$DMON_PID" 2>/dev/null
+# One table of every bench and parity step above (tools/gpu/summary.py), at the end of gpu.txt.
+{ echo; echo "summary:"; python3 tools/gpu/summary.py "$OUT"; } 2>&1 | tee -a "$OUT/gpu.txt"
 # Pack the caches for the next session (see the header). The autotune picks are small and
 # save the most (a cached pick compiles one kernel, not every candidate); the PTX comes back
 # only while it fits the device tool's 16 MiB per file.
