@@ -120,7 +120,7 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     if let Some((read, tile)) = sibling.filter(|_| !CONV_SIBLING_REFUSED.load(std::sync::atomic::Ordering::Relaxed)) {
         match conv_forward_with(input.clone(), weight.clone(), bias.clone(), options.clone(), read, tile) {
             Ok(y) => return Ok(from_cube(y)),
-            Err(e) => say_once(&CONV_SIBLING_REFUSED, || format!("DDREP_GPU_CONV={kernel:?}: cubek refused a conv of input {:?} ({}); convs run the default implicit-gemm kernel from now on in this process", input.shape.dims, brief_error(&e))),
+            Err(e) => say_once(&CONV_SIBLING_REFUSED, || format!("DDREP_GPU_CONV={}: cubek refused a conv of input {:?} ({}); convs run the default implicit-gemm kernel from now on in this process", kernel.name(), input.shape.dims, brief_error(&e))),
         }
     }
     match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
@@ -244,7 +244,7 @@ pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     match launched {
         Ok(()) => Ok(from_cube(out)),
         Err(e) => {
-            say_once(&MATMUL_REFUSED, || format!("DDREP_GPU_MATMUL={kernel:?}: cubek refused a matmul of {:?} x {:?} ({}); burn's matmul runs from now on in this process", lhs.shape.dims, rhs.shape.dims, brief_error(&format!("{e:?}"))));
+            say_once(&MATMUL_REFUSED, || format!("DDREP_GPU_MATMUL={}: cubek refused a matmul of {:?} x {:?} ({}); burn's matmul runs from now on in this process", kernel.name(), lhs.shape.dims, rhs.shape.dims, brief_error(&format!("{e:?}"))));
             Err(inputs)
         }
     }

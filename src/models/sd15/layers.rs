@@ -143,6 +143,11 @@ impl GpuConv {
     pub fn is_implicit_gemm(self) -> bool {
         !matches!(self, GpuConv::Native | GpuConv::Im2col)
     }
+
+    /// The value of [`GPU_CONV_ENV`] that selects this.
+    pub fn name(self) -> &'static str {
+        GPU_CONV_NAMES.iter().find(|(_, c)| *c == self).map_or("?", |(n, _)| n)
+    }
 }
 
 /// The names of [`GpuConv`]'s values, as [`GPU_CONV_ENV`] takes them.
@@ -184,19 +189,26 @@ pub enum GpuMatmul {
     SpecializedTmaMma,
 }
 
+/// The names of [`GpuMatmul`]'s values, as [`GPU_MATMUL_ENV`] takes them.
+const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 6] = [
+    ("auto", GpuMatmul::Auto),
+    ("simple-mma", GpuMatmul::SimpleMma),
+    ("double", GpuMatmul::Double),
+    ("double-mma", GpuMatmul::DoubleMma),
+    ("ordered-double", GpuMatmul::OrderedDouble),
+    ("specialized-tma-mma", GpuMatmul::SpecializedTmaMma),
+];
+
+impl GpuMatmul {
+    /// The value of [`GPU_MATMUL_ENV`] that selects this.
+    pub fn name(self) -> &'static str {
+        GPU_MATMUL_NAMES.iter().find(|(_, m)| *m == self).map_or("?", |(n, _)| n)
+    }
+}
+
 /// The value of [`GPU_MATMUL_ENV`], or an error naming the variable and the known values.
 pub fn gpu_matmul() -> Result<GpuMatmul, String> {
-    env_choice(
-        GPU_MATMUL_ENV,
-        &[
-            ("auto", GpuMatmul::Auto),
-            ("simple-mma", GpuMatmul::SimpleMma),
-            ("double", GpuMatmul::Double),
-            ("double-mma", GpuMatmul::DoubleMma),
-            ("ordered-double", GpuMatmul::OrderedDouble),
-            ("specialized-tma-mma", GpuMatmul::SpecializedTmaMma),
-        ],
-    )
+    env_choice(GPU_MATMUL_ENV, &GPU_MATMUL_NAMES)
 }
 
 /// `a @ b` (batch dims broadcast, as burn's matmul), by the routine `kernel` names on burn-cuda
