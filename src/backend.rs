@@ -164,6 +164,7 @@ fn conv_forward_with(
     read_strategy: cubek::convolution::ReadingStrategy,
     tile_kind: cubek::convolution::AcceleratedTileKind,
 ) -> Result<Cube, String> {
+    use burn::tensor::ops::conv::calculate_conv_output_size;
     use burn_cubecl::ops::{numeric::empty_device_optimized_dtype, permute_nchw_to_nhwc, permute_nhwc_to_nchw};
     use cubek::convolution::{forward, ConvolutionArgs, Strategy};
     use cubek::matmul::{
@@ -176,7 +177,7 @@ fn conv_forward_with(
     let (input, weight) = (permute_nchw_to_nhwc(input), permute_nchw_to_nhwc(weight));
     let [n, h, w, _] = input.shape.dims::<4>();
     let [o, kh, kw, _] = weight.shape.dims::<4>();
-    let out_size = |len: usize, k: usize, d: usize| (len + 2 * options.padding[d] - k) / options.stride[d] + 1;
+    let out_size = |len: usize, k: usize, d: usize| calculate_conv_output_size(k, options.stride[d], options.padding[d], 1, len);
     let out = empty_device_optimized_dtype(
         input.client.clone(),
         input.device.clone(),
@@ -360,12 +361,17 @@ type Fused = burn_fusion::FusionTensor<burn_cubecl::fusion::FusionCubeRuntime<bu
 /// plain, or (in `cuda-fusion` builds) under burn's fusion.
 #[cfg(feature = "cuda")]
 fn cube_tensors<B: burn::tensor::backend::Backend>() -> bool {
-    let t = std::any::TypeId::of::<B::FloatTensorPrimitive>();
     #[cfg(feature = "cuda-fusion")]
-    if t == std::any::TypeId::of::<Fused>() {
+    if fused::<B>() {
         return true;
     }
-    t == std::any::TypeId::of::<Cube>()
+    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
+}
+
+/// Whether `B`'s float tensors are [`Fused`] tensors.
+#[cfg(feature = "cuda-fusion")]
+fn fused<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Fused>()
 }
 
 /// A float tensor of `B` as a [`Cube`] ([`cube_tensors`] checked by the caller). Under fusion
@@ -375,7 +381,7 @@ fn cube_tensors<B: burn::tensor::backend::Backend>() -> bool {
 fn to_cube<B: burn::tensor::backend::Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Cube {
     let p = t.into_primitive().tensor();
     #[cfg(feature = "cuda-fusion")]
-    if std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Fused>() {
+    if fused::<B>() {
         let f: Fused = same_type(p);
         return f.client.clone().resolve_tensor_float::<FusedInner>(f);
     }
@@ -388,7 +394,7 @@ fn to_cube<B: burn::tensor::backend::Backend, const D: usize>(t: burn::tensor::T
 fn from_cube<B: burn::tensor::backend::Backend, const D: usize>(c: Cube) -> burn::tensor::Tensor<B, D> {
     use burn::tensor::{Tensor, TensorPrimitive};
     #[cfg(feature = "cuda-fusion")]
-    if std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Fused>() {
+    if fused::<B>() {
         use burn_fusion::{stream::OperationStreams, NoOp};
         use burn_ir::{BackendIr, InitOperationIr, OperationIr, OperationOutput};
         let client = burn_fusion::get_client::<FusedInner>(&c.device);

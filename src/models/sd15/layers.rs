@@ -146,7 +146,7 @@ impl GpuConv {
 
     /// The value of [`GPU_CONV_ENV`] that selects this.
     pub fn name(self) -> &'static str {
-        GPU_CONV_NAMES.iter().find(|(_, c)| *c == self).map_or("?", |(n, _)| n)
+        choice_name(&GPU_CONV_NAMES, self)
     }
 }
 
@@ -202,7 +202,7 @@ const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 6] = [
 impl GpuMatmul {
     /// The value of [`GPU_MATMUL_ENV`] that selects this.
     pub fn name(self) -> &'static str {
-        GPU_MATMUL_NAMES.iter().find(|(_, m)| *m == self).map_or("?", |(n, _)| n)
+        choice_name(&GPU_MATMUL_NAMES, self)
     }
 }
 
@@ -223,6 +223,11 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kern
     }
     let _ = kernel;
     a.matmul(b)
+}
+
+/// The name of `t` among an [`env_choice`] switch's `choices`.
+fn choice_name<T: PartialEq>(choices: &[(&'static str, T)], t: T) -> &'static str {
+    choices.iter().find(|(_, c)| *c == t).map_or("?", |(n, _)| n)
 }
 
 /// A switch read from the environment: unset or empty gives `T`'s default, a listed name its
@@ -281,10 +286,11 @@ impl<B: Backend> Conv2d<B> {
     ) -> Self {
         let w = ld.tensor(&format!("{prefix}.weight"), [out, inp, k, k]);
         let b = ld.tensor(&format!("{prefix}.bias"), [out]);
+        let kernel = ld.gpu_conv();
         // cubek's implicit-GEMM kernels read weights channels-last and copy any other layout
         // at every call; on burn-cuda the weight is stored that way once, here.
         #[cfg(feature = "cuda")]
-        let w = if ld.gpu_conv().is_implicit_gemm() && k > 1 { crate::backend::channels_last(w) } else { w };
+        let w = if kernel.is_implicit_gemm() && k > 1 { crate::backend::channels_last(w) } else { w };
         Self {
             p: Params::new(w, Some(b), ld.device()),
             dims: [out, inp, k],
@@ -296,12 +302,12 @@ impl<B: Backend> Conv2d<B> {
             // (read by the Loader, which reports an unknown value).
             gemm_max_pixels: if B::name(ld.device()).contains("ndarray") {
                 GEMM_MAX_PIXELS
-            } else if ld.gpu_conv() == GpuConv::Im2col {
+            } else if kernel == GpuConv::Im2col {
                 usize::MAX
             } else {
                 0
             },
-            kernel: ld.gpu_conv(),
+            kernel,
         }
     }
 
