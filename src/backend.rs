@@ -133,6 +133,80 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// Environment switch for the norms, attention softmax and GEGLU of the SD1.5 models on
+/// burn-cuda: `ddrep` (default: ddrep's own kernels, [`crate::gpu_kernels`], one or two launches
+/// each) or `burn` (burn's element-wise ops and reductions, ~15 launches a group norm: the
+/// path every other backend takes). Read once per process where it is used; an unknown value
+/// is an error when the CLI starts and when a model part loads ([`gpu_ops`]).
+pub const GPU_OPS_ENV: &str = "DDREP_GPU_OPS";
+
+/// Whether [`GPU_OPS_ENV`] asks for ddrep's own kernels (`Ok(true)`, also when unset), burn's
+/// ops (`Ok(false)`), or is not understood (a one-line error naming the variable).
+pub fn gpu_ops() -> Result<bool, String> {
+    match std::env::var(GPU_OPS_ENV).unwrap_or_default().as_str() {
+        "" | "ddrep" => Ok(true),
+        "burn" => Ok(false),
+        v => Err(format!("{GPU_OPS_ENV}={v:?}: expected `ddrep` (the default) or `burn`")),
+    }
+}
+
+/// [`gpu_ops`] read once (an unknown value counts as the default; the CLI refused it already).
+#[cfg(feature = "cuda")]
+fn own_kernels<B: burn::tensor::backend::Backend>() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cube_tensors::<B>() && *ON.get_or_init(|| gpu_ops().unwrap_or(true))
+}
+
+/// Runs one of [`crate::gpu_kernels`] on a burn-cuda tensor, or hands `x` back (`Err`) where
+/// they do not apply (other backends, `DDREP_GPU_OPS=burn`, dtypes the kernels do not take).
+#[cfg(feature = "cuda")]
+fn own_kernel<B: burn::tensor::backend::Backend, const D: usize, const E: usize>(
+    x: burn::tensor::Tensor<B, D>,
+    kernel: impl FnOnce(Cube) -> Result<Cube, Cube>,
+) -> Result<burn::tensor::Tensor<B, E>, burn::tensor::Tensor<B, D>> {
+    if !own_kernels::<B>() {
+        return Err(x);
+    }
+    kernel(to_cube(x)).map(from_cube).map_err(from_cube)
+}
+
+/// `[N, C, H, W]` group norm (+ SiLU) by [`crate::gpu_kernels::group_norm`]; see [`own_kernel`].
+#[cfg(feature = "cuda")]
+pub fn cuda_group_norm<B: burn::tensor::backend::Backend>(
+    x: burn::tensor::Tensor<B, 4>,
+    gamma: &burn::tensor::Tensor<B, 1>,
+    beta: &burn::tensor::Tensor<B, 1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
+    own_kernel(x, |x| crate::gpu_kernels::group_norm(x, to_cube(gamma.clone()), to_cube(beta.clone()), groups, eps, silu))
+}
+
+/// Layer norm over the last axis of `[n, L, C]` by [`crate::gpu_kernels::layer_norm`]; see
+/// [`own_kernel`].
+#[cfg(feature = "cuda")]
+pub fn cuda_layer_norm<B: burn::tensor::backend::Backend>(
+    x: burn::tensor::Tensor<B, 3>,
+    gamma: &burn::tensor::Tensor<B, 1>,
+    beta: &burn::tensor::Tensor<B, 1>,
+    eps: f64,
+) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
+    own_kernel(x, |x| crate::gpu_kernels::layer_norm(x, to_cube(gamma.clone()), to_cube(beta.clone()), eps))
+}
+
+/// Softmax over the last axis by [`crate::gpu_kernels::softmax_last`]; see [`own_kernel`].
+#[cfg(feature = "cuda")]
+pub fn cuda_softmax<B: burn::tensor::backend::Backend, const D: usize>(x: burn::tensor::Tensor<B, D>) -> Result<burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>> {
+    own_kernel(x, crate::gpu_kernels::softmax_last)
+}
+
+/// GEGLU on `[n, L, 2 * inner]` by [`crate::gpu_kernels::geglu`]; see [`own_kernel`].
+#[cfg(feature = "cuda")]
+pub fn cuda_geglu<B: burn::tensor::backend::Backend>(h: burn::tensor::Tensor<B, 3>) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
+    own_kernel(h, crate::gpu_kernels::geglu)
+}
+
 /// A conv weight `[out, in, kh, kw]` whose memory is laid out `[out, kh, kw, in]` (the same
 /// tensor to every op; a view with permuted strides), when `B` is burn-cuda; else `w` as it is.
 /// cubek's implicit-GEMM kernels take NHWC-ordered operands and copy a weight whose channels

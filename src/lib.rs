@@ -4,6 +4,8 @@
 //! Notation follows `ALGORITHM.md`: VE variable `x~ = x0 + sigma eps`, denoiser `D(x~)`.
 
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod gpu_kernels;
 pub mod diffrep;
 pub mod diffusion;
 pub mod methods;

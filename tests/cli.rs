@@ -85,7 +85,7 @@ fn bad_input_gives_one_line_errors() {
     assert_one_line_error(&ddrep(&["bench", "nerf"]), "unknown benchmark 'nerf'");
     assert_one_line_error(&ddrep(&["bench", "unet", "--tiny-only", "--full-only"]), "leave nothing to time");
     // Unknown GPU kernel switches stop any command at start, on any device.
-    for var in ["DDREP_GPU_CONV", "DDREP_GPU_ATTENTION", "DDREP_GPU_MATMUL"] {
+    for var in ["DDREP_GPU_CONV", "DDREP_GPU_ATTENTION", "DDREP_GPU_MATMUL", "DDREP_GPU_OPS"] {
         let o = Command::new(env!("CARGO_BIN_EXE_ddrep")).env(var, "fast").args(["bench", "siren"]).output().expect("run ddrep");
         assert_one_line_error(&o, &format!("{var}=\"fast\": expected"));
     }

@@ -1,4 +1,4 @@
-//! `DDREP_GPU_CONV`, `DDREP_GPU_ATTENTION` and `DDREP_GPU_MATMUL` through the library (no CLI): the environment is
+//! `DDREP_GPU_CONV`, `DDREP_GPU_ATTENTION`, `DDREP_GPU_MATMUL` and `DDREP_GPU_OPS` through the library (no CLI): the environment is
 //! process-wide, so this file holds the one test that sets them.
 
 mod sd15_common;
@@ -16,6 +16,7 @@ fn unknown_gpu_kernel_values_fail_the_load_with_one_line() {
             &["native", "im2col", "implicit-gemm", "implicit-gemm-mma", "implicit-gemm-async", "implicit-gemm-async-mma", "implicit-gemm-tma", "implicit-gemm-tma-mma", ""][..],
         ),
         ("DDREP_GPU_ATTENTION", "DDREP_GPU_ATTENTION=\"fast\": expected `blocked` (the default) or `flash`", &["blocked", "flash", ""][..]),
+        ("DDREP_GPU_OPS", "DDREP_GPU_OPS=\"fast\": expected `ddrep` (the default) or `burn`", &["ddrep", "burn", ""][..]),
         (
             "DDREP_GPU_MATMUL",
             "DDREP_GPU_MATMUL=\"fast\": expected `auto` (the default), `simple-mma`, `double`, `double-mma`, `ordered-double` or `specialized-tma-mma`",

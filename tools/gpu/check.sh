@@ -11,6 +11,8 @@
 #   convs    bench f16 (no diffusers) with each of DDREP_GPU_CONV's other implicit-GEMM
 #            kernels (-mma, -async, -async-mma, -tma, -tma-mma);
 #   matmuls  the same with each of DDREP_GPU_MATMUL's routines other than `auto`;
+#   ops      bench f16 (no diffusers) with DDREP_GPU_OPS=burn: burn's op chains for the norms,
+#            softmax and GEGLU instead of ddrep's kernels (src/gpu_kernels.rs), then its profile;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
 #   kernels  the `cuda` binary's other kernel switches, bench f16 without diffusers (compare
 #            with bench's numbers): DDREP_GPU_CONV=native and im2col, DDREP_GPU_ATTENTION=flash
@@ -29,7 +31,7 @@
 # (gpu, bench, parity, profile, variants, dmon .txt; autotune, ptx .tar.xz).
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-bench parity fusion convs matmuls profile kernels dparity sample autotune}
+STEPS=${STEPS:-bench parity ops profile fusion convs matmuls kernels dparity sample autotune}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
@@ -75,7 +77,7 @@ cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -l
 # step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
 step() {
     local f="$OUT/$1" c=$2; shift 2
-    echo "== $(date +%T) ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }${DDREP_GPU_MATMUL:+DDREP_GPU_MATMUL=$DDREP_GPU_MATMUL }$* (cap $(cap "$c") s)" | tee -a "$f"
+    echo "== $(date +%T) ${DDREP_GPU_CONV:+DDREP_GPU_CONV=$DDREP_GPU_CONV }${DDREP_GPU_ATTENTION:+DDREP_GPU_ATTENTION=$DDREP_GPU_ATTENTION }${DDREP_GPU_MATMUL:+DDREP_GPU_MATMUL=$DDREP_GPU_MATMUL }${DDREP_GPU_OPS:+DDREP_GPU_OPS=$DDREP_GPU_OPS }$* (cap $(cap "$c") s)" | tee -a "$f"
     timeout "$(cap "$c")" "$@" >> "$f.tmp" 2>&1
     echo "exit $?" >> "$f.tmp"
     cat "$f.tmp" >> "$f"; cat "$f.tmp"; rm -f "$f.tmp"
@@ -138,6 +140,9 @@ for s in $STEPS; do
             --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
             --out /tmp/ddrep-gpu-sample
         python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/parity.txt" 2>&1 ;;
+    ops)
+        DDREP_GPU_OPS=burn step variants.txt 100 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        DDREP_GPU_OPS=burn profile "$B" ;;
     profile)
         # Each device sync (one per eval) appends the table of kernel times since the last one;
         # the last table is the last full SD1.5 eval.

@@ -330,7 +330,9 @@ impl<B: Backend> Conv2d<B> {
                 );
                 tensor_from_vec(y, [n, h * w, o], &device)
             }
-            Params::Backend { .. } => self.forward(x).reshape([n, o, h * w]).swap_dims(1, 2),
+            // Channels-last first: free for the NHWC memory of burn-cuda's implicit-GEMM conv
+            // outputs (a reshape of their NCHW view would copy them).
+            Params::Backend { .. } => self.forward(x).permute([0, 2, 3, 1]).reshape([n, h * w, o]),
         }
     }
 
@@ -353,7 +355,9 @@ impl<B: Backend> Conv2d<B> {
                 );
                 tensor_from_vec(y, [n, o, hw[0], hw[1]], &device)
             }
-            Params::Backend { .. } => self.forward(s.swap_dims(1, 2).reshape([n, c, hw[0], hw[1]])),
+            // A view, no copy: the sequence's memory is channels-last, which burn-cuda's
+            // implicit-GEMM conv reads as it is.
+            Params::Backend { .. } => self.forward(s.reshape([n, hw[0], hw[1], c]).permute([0, 3, 1, 2])),
         }
     }
 
@@ -486,6 +490,11 @@ impl<B: Backend> GroupNorm<B> {
                 return tensor_from_vec(v, [n, c, h, w], &device);
             }
         };
+        #[cfg(feature = "cuda")]
+        let x = match crate::backend::cuda_group_norm(x, gamma, beta, self.groups, self.eps, act) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let g = self.groups;
         let y = normalise_last(x.reshape([n, g, (c / g) * h * w]), self.eps).reshape([n, c, h, w]);
         let y = y * gamma.clone().reshape([1, c, 1, 1]) + beta.clone().reshape([1, c, 1, 1]);
@@ -528,6 +537,11 @@ impl<B: Backend> LayerNorm<B> {
                 );
                 return tensor_from_vec(v, dims, &device);
             }
+        };
+        #[cfg(feature = "cuda")]
+        let x = match crate::backend::cuda_layer_norm(x, w, b, self.eps) {
+            Ok(y) => return y,
+            Err(x) => x,
         };
         normalise_last(x, self.eps) * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
     }
@@ -709,6 +723,19 @@ fn blocked_attention_within<B: Backend>(
             let m = if m.dims()[2] == lq && lq > 1 { m.clone().narrow(2, start, len) } else { m.clone() };
             scores = scores.mask_fill(m, f32::NEG_INFINITY);
         }
+        // On burn-cuda, one softmax kernel (f32 inside, probabilities rounded once) instead of
+        // the seven launches below.
+        #[cfg(feature = "cuda")]
+        {
+            scores = match crate::backend::cuda_softmax(scores) {
+                Ok(p) => {
+                    outs.push(matmul(p, v.clone(), kernel));
+                    start += len;
+                    continue;
+                }
+                Err(s) => s,
+            };
+        }
         // exp(s - max) in (0, 1] stays in the working precision. In half precision its row
         // sums (up to L = 4096 terms, which an f16 accumulator would stall on) and the division
         // run in f32, as PyTorch's attention accumulates.
@@ -739,6 +766,11 @@ pub fn geglu<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 3> {
         let y = cpu_kernels::geglu(&cpu_kernels::to_vec(h), n * l, inner);
         return tensor_from_vec(y, [n, l, inner], &device);
     }
+    #[cfg(feature = "cuda")]
+    let h = match crate::backend::cuda_geglu(h) {
+        Ok(y) => return y,
+        Err(h) => h,
+    };
     h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner))
 }
 

@@ -251,6 +251,11 @@ impl<B: Backend> Loader<B> {
         if let Some(e) = [self.gpu_conv.as_ref().err(), self.gpu_attention.as_ref().err(), self.gpu_matmul.as_ref().err()].into_iter().flatten().next() {
             bail!("{e}");
         }
+        // DDREP_GPU_OPS is read once per process where it is used; an unknown value fails
+        // here too, like the switches above.
+        if let Err(e) = crate::backend::gpu_ops() {
+            bail!("{e}");
+        }
         let mut problems = self.problems.clone();
         let mut fixes = Vec::new();
         if problems.iter().any(|p| p.contains(": dtype ")) {

@@ -1,0 +1,462 @@
+//! ddrep's own cubecl kernels for the parts of SD1.5 that burn runs as chains of small ops:
+//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU. Generic over the
+//! cubecl runtime (burn-cuda's on the GPU; the tests also run them on wgpu when a Vulkan
+//! driver is present).
+//!
+//! Why: on the H200 (2026-11-26) an f16 UNet eval at batch 2 launched about 3100 kernels, some
+//! 2400 of them element-wise ops, casts, copies and reductions of these layers (a group norm
+//! alone was ~15: a cast to f32, staged means, subtract, square, add, sqrt, divide, a cast
+//! back, the affine and the SiLU), and the card sat at 28-59 % SM while ddrep took 0.086 s
+//! against diffusers' 0.024 s: the host could not launch them fast enough. Each kernel here
+//! is one or two launches, reads its input with the strides it has (no copies of the NHWC conv
+//! outputs), and keeps statistics and exponentials in f32 as PyTorch's kernels do.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+use cubecl::server::CubeCountSelection;
+
+/// Units per cube of the row kernels (a power of two: [`cube_sum`] halves it).
+const UNITS: u32 = 256;
+/// Elements of a group-norm group that one cube of [`group_norm_stats`] summarises.
+const GN_CHUNK: usize = 2048;
+
+/// The sum of `value` over the cube's units (every unit gets it). `shared` holds one f32 per
+/// unit; it is free again when this returns.
+#[cube]
+fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+    shared[UNIT_POS as usize] = value;
+    sync_cube();
+    let mut active = CUBE_DIM;
+    while active > 1 {
+        active /= 2;
+        if UNIT_POS < active {
+            let other = shared[(UNIT_POS + active) as usize];
+            shared[UNIT_POS as usize] += other;
+        }
+        sync_cube();
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// The maximum of `value` over the cube's units, as [`cube_sum`].
+#[cube]
+fn cube_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+    shared[UNIT_POS as usize] = value;
+    sync_cube();
+    let mut active = CUBE_DIM;
+    while active > 1 {
+        active /= 2;
+        if UNIT_POS < active {
+            let a = shared[UNIT_POS as usize];
+            let b = shared[(UNIT_POS + active) as usize];
+            shared[UNIT_POS as usize] = select(b > a, b, a);
+        }
+        sync_cube();
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// Where element `i` of group `(n, c0..c0 + cpg)` of a `[N, C, H, W]` tensor lies: the group is
+/// walked channel-fastest when the tensor is channels-last (`stride(1) == 1`), so that
+/// neighbouring units read neighbouring memory either way. `H` and `W` are one axis of stride
+/// `stride(3)` (the launcher checks that they merge).
+#[cube]
+fn group_offset<F: Float>(t: &Tensor<F>, n: usize, c0: usize, cpg: usize, hw: usize, i: usize, #[comptime] channels_last: bool) -> usize {
+    let mut c = i / hw;
+    let mut s = i % hw;
+    if channels_last {
+        c = i % cpg;
+        s = i / cpg;
+    }
+    n * t.stride(0) + (c0 + c) * t.stride(1) + s * t.stride(3)
+}
+
+/// The length of chunk `k` of `chunk` elements of a group of `count`.
+#[cube]
+fn chunk_len(k: usize, count: usize, #[comptime] chunk: usize) -> f32 {
+    let start = k * chunk;
+    let end = select(start + chunk < count, start + chunk, count);
+    f32::cast_from(end - start)
+}
+
+/// Per chunk of `chunk` ([`GN_CHUNK`]) elements of each group: the chunk's mean and its sum of squared
+/// deviations (two passes over the chunk, which stays in cache), into `stats[2 * chunk..]`.
+/// One cube per chunk; chunk `k` of group `g` of sample `n` is cube `(n * groups + g) * chunks + k`.
+#[cube(launch_unchecked)]
+fn group_norm_stats<F: Float>(
+    x: &Tensor<F>,
+    stats: &mut Tensor<f32>,
+    channels_per_group: u32,
+    chunks: u32,
+    #[comptime] chunk: usize,
+    #[comptime] channels_last: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let chunks = chunks as usize;
+    let cpg = channels_per_group as usize;
+    let groups = x.shape(1) / cpg;
+    if CUBE_POS >= x.shape(0) * groups * chunks {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(UNITS as usize);
+    let hw = x.shape(2) * x.shape(3);
+    let count = cpg * hw;
+    let group = CUBE_POS / chunks;
+    let n = group / groups;
+    let c0 = (group % groups) * cpg;
+    let start = (CUBE_POS % chunks) * chunk;
+    let end = select(start + chunk < count, start + chunk, count);
+    let len = chunk_len(CUBE_POS % chunks, count, chunk);
+    let mut sum = f32::new(0.0);
+    let mut i = start + UNIT_POS as usize;
+    while i < end {
+        sum += f32::cast_from(x[group_offset(x, n, c0, cpg, hw, i, channels_last)]);
+        i += CUBE_DIM as usize;
+    }
+    let mean = cube_sum(sum, &mut shared) / len;
+    let mut m2 = f32::new(0.0);
+    let mut i = start + UNIT_POS as usize;
+    while i < end {
+        let d = f32::cast_from(x[group_offset(x, n, c0, cpg, hw, i, channels_last)]) - mean;
+        m2 += d * d;
+        i += CUBE_DIM as usize;
+    }
+    let m2 = cube_sum(m2, &mut shared);
+    if UNIT_POS == 0 {
+        stats[2 * CUBE_POS] = mean;
+        stats[2 * CUBE_POS + 1] = m2;
+    }
+}
+
+/// Merges a group's chunk statistics (Chan et al.'s pairwise formula, summed: the mean of the
+/// chunk means weighted by their lengths, and `sum M2_k + n_k (mean_k - mean)^2`), then writes
+/// the cube's chunk normalised, `(x - mean) / sqrt(var + eps) * gamma + beta`, with SiLU if
+/// `silu`, in f32 and rounded once to `F`. Same cube layout as [`group_norm_stats`].
+#[cube(launch_unchecked)]
+fn group_norm_apply<F: Float>(
+    x: &Tensor<F>,
+    stats: &Tensor<f32>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    out: &mut Tensor<F>,
+    channels_per_group: u32,
+    chunks: u32,
+    eps: f32,
+    #[comptime] chunk: usize,
+    #[comptime] channels_last: bool,
+    #[comptime] silu: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let chunks = chunks as usize;
+    let cpg = channels_per_group as usize;
+    let groups = x.shape(1) / cpg;
+    if CUBE_POS >= x.shape(0) * groups * chunks {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(UNITS as usize);
+    let hw = x.shape(2) * x.shape(3);
+    let count = cpg * hw;
+    let group = CUBE_POS / chunks;
+    let n = group / groups;
+    let c0 = (group % groups) * cpg;
+    let first = group * chunks;
+    let mut weighted = f32::new(0.0);
+    let mut k = UNIT_POS as usize;
+    while k < chunks {
+        weighted += chunk_len(k, count, chunk) * stats[2 * (first + k)];
+        k += CUBE_DIM as usize;
+    }
+    let mean = cube_sum(weighted, &mut shared) / f32::cast_from(count);
+    let mut m2 = f32::new(0.0);
+    let mut k = UNIT_POS as usize;
+    while k < chunks {
+        let d = stats[2 * (first + k)] - mean;
+        m2 += stats[2 * (first + k) + 1] + chunk_len(k, count, chunk) * d * d;
+        k += CUBE_DIM as usize;
+    }
+    let m2 = cube_sum(m2, &mut shared);
+    let rstd = f32::new(1.0) / f32::sqrt(m2 / f32::cast_from(count) + eps);
+    let start = (CUBE_POS % chunks) * chunk;
+    let end = select(start + chunk < count, start + chunk, count);
+    let mut i = start + UNIT_POS as usize;
+    while i < end {
+        let mut c = i / hw;
+        if channels_last {
+            c = i % cpg;
+        }
+        let v = f32::cast_from(x[group_offset(x, n, c0, cpg, hw, i, channels_last)]);
+        let mut y = (v - mean) * rstd * f32::cast_from(gamma[c0 + c]) + f32::cast_from(beta[c0 + c]);
+        if silu {
+            y = y / (f32::new(1.0) + f32::exp(-y));
+        }
+        out[group_offset(out, n, c0, cpg, hw, i, channels_last)] = F::cast_from(y);
+        i += CUBE_DIM as usize;
+    }
+}
+
+/// Layer norm over the last axis of `[n, L, C]` (last axis contiguous), one cube per row,
+/// two-pass statistics in f32, into a contiguous `out`.
+#[cube(launch_unchecked)]
+fn layer_norm_rows<F: Float>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let (len, width) = (x.shape(1), x.shape(2));
+    if CUBE_POS >= x.shape(0) * len {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(UNITS as usize);
+    let base = (CUBE_POS / len) * x.stride(0) + (CUBE_POS % len) * x.stride(1);
+    let mut sum = f32::new(0.0);
+    let mut j = UNIT_POS as usize;
+    while j < width {
+        sum += f32::cast_from(x[base + j]);
+        j += CUBE_DIM as usize;
+    }
+    let mean = cube_sum(sum, &mut shared) / f32::cast_from(width);
+    let mut m2 = f32::new(0.0);
+    let mut j = UNIT_POS as usize;
+    while j < width {
+        let d = f32::cast_from(x[base + j]) - mean;
+        m2 += d * d;
+        j += CUBE_DIM as usize;
+    }
+    let rstd = f32::new(1.0) / f32::sqrt(cube_sum(m2, &mut shared) / f32::cast_from(width) + eps);
+    let mut j = UNIT_POS as usize;
+    while j < width {
+        let y = (f32::cast_from(x[base + j]) - mean) * rstd * f32::cast_from(gamma[j]) + f32::cast_from(beta[j]);
+        out[CUBE_POS * width + j] = F::cast_from(y);
+        j += CUBE_DIM as usize;
+    }
+}
+
+/// Softmax over the last axis of a contiguous `[rows, L]`, one cube per row: the max, the sum
+/// of `exp(x - max)` in f32, and `exp(x - max) / sum` rounded once to `F`.
+#[cube(launch_unchecked)]
+fn softmax_rows<F: Float>(x: &Tensor<F>, out: &mut Tensor<F>, rows: u32, #[define(F)] _dtype: StorageType) {
+    if CUBE_POS >= rows as usize {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(UNITS as usize);
+    let width = x.shape(x.rank() - 1);
+    let base = CUBE_POS * width;
+    let mut max = f32::new(-3.0e38);
+    let mut j = UNIT_POS as usize;
+    while j < width {
+        let v = f32::cast_from(x[base + j]);
+        max = select(v > max, v, max);
+        j += CUBE_DIM as usize;
+    }
+    let max = cube_max(max, &mut shared);
+    let mut sum = f32::new(0.0);
+    let mut j = UNIT_POS as usize;
+    while j < width {
+        sum += f32::exp(f32::cast_from(x[base + j]) - max);
+        j += CUBE_DIM as usize;
+    }
+    let scale = f32::new(1.0) / cube_sum(sum, &mut shared);
+    let mut j = UNIT_POS as usize;
+    while j < width {
+        out[base + j] = F::cast_from(f32::exp(f32::cast_from(x[base + j]) - max) * scale);
+        j += CUBE_DIM as usize;
+    }
+}
+
+/// GEGLU on a contiguous `[rows, 2 * inner]`: `value * gelu(gate)` with the first half the
+/// value and the second the gate, exact (erf) GELU in f32, into a contiguous `[rows, inner]`.
+#[cube(launch_unchecked)]
+fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let inner = out.shape(out.rank() - 1);
+    let row = ABSOLUTE_POS / inner;
+    let j = ABSOLUTE_POS % inner;
+    let value = f32::cast_from(h[row * 2 * inner + j]);
+    let gate = f32::cast_from(h[row * 2 * inner + inner + j]);
+    let gelu = f32::new(0.5) * gate * (f32::new(1.0) + Erf::erf(gate * f32::new(std::f32::consts::FRAC_1_SQRT_2)));
+    out[ABSOLUTE_POS] = F::cast_from(value * gelu);
+}
+
+/// A kernel input whose memory a kernel here cannot address as it is: the caller's fallback
+/// runs burn's ops on it instead (quantised or non-float tensors; never expected in SD1.5).
+fn float_dtype(t: &CubeTensor<impl CubeRuntime>) -> Option<StorageType> {
+    match t.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Some(t.dtype.into()),
+        _ => None,
+    }
+}
+
+/// The same tensor with a contiguous layout (a copy only when it is not one).
+fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.is_contiguous() {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
+/// A cube count of at least `cubes` cubes (spread over axes where one axis would exceed the
+/// runtime's limit; the kernels skip the cubes past their work).
+fn cube_count<R: CubeRuntime>(t: &CubeTensor<R>, cubes: usize) -> CubeCount {
+    CubeCountSelection::new(&t.client, cubes as u32).cube_count()
+}
+
+/// `[N, C, H, W]` group norm with `groups` groups (statistics per sample and group), affine
+/// `gamma`, `beta` (`[C]`), then SiLU if `silu`. A channels-last input gives a channels-last
+/// output (the next conv reads it without a copy); anything else a contiguous one. `Err`
+/// hands `x` back for dtypes the kernels do not take.
+pub fn group_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    gamma: CubeTensor<R>,
+    beta: CubeTensor<R>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<CubeTensor<R>, CubeTensor<R>> {
+    let Some(dtype) = float_dtype(&x) else { return Err(x) };
+    let [n, c, h, w] = <[usize; 4]>::try_from(x.shape.dims.as_slice()).expect("a 4-d tensor");
+    let s = &x.strides;
+    let channels_last = s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c;
+    let x = if channels_last || x.is_contiguous() { x } else { burn_cubecl::kernel::into_contiguous(x) };
+    let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+    let cpg = c / groups;
+    let chunks = (cpg * h * w).div_ceil(GN_CHUNK).max(1);
+    let cubes = n * groups * chunks;
+    let client = x.client.clone();
+    let stats = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([2 * cubes]), DType::F32);
+    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
+    let out = if channels_last {
+        CubeTensor::new(out.client, out.handle, out.shape, out.device, x.strides.clone(), out.dtype)
+    } else {
+        out
+    };
+    let dim = CubeDim::new_1d(UNITS);
+    // Safety: every index the kernels form is inside its tensor (cubes past the work return
+    // first; element and chunk loops stop at the group's and chunk's ends).
+    unsafe {
+        group_norm_stats::launch_unchecked(
+            &client,
+            cube_count(&x, cubes),
+            dim,
+            x.as_tensor_arg(1),
+            stats.as_tensor_arg(1),
+            ScalarArg::new(cpg as u32),
+            ScalarArg::new(chunks as u32),
+            GN_CHUNK,
+            channels_last,
+            dtype,
+        )
+        .expect("group norm statistics launch");
+        group_norm_apply::launch_unchecked(
+            &client,
+            cube_count(&x, cubes),
+            dim,
+            x.as_tensor_arg(1),
+            stats.as_tensor_arg(1),
+            gamma.as_tensor_arg(1),
+            beta.as_tensor_arg(1),
+            out.as_tensor_arg(1),
+            ScalarArg::new(cpg as u32),
+            ScalarArg::new(chunks as u32),
+            ScalarArg::new(eps as f32),
+            GN_CHUNK,
+            channels_last,
+            silu,
+            dtype,
+        )
+        .expect("group norm launch");
+    }
+    Ok(out)
+}
+
+/// Layer norm over the last axis of `[n, L, C]` with `gamma`, `beta` (`[C]`), into a contiguous
+/// tensor. `Err` hands `x` back for dtypes the kernels do not take.
+pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: CubeTensor<R>, eps: f64) -> Result<CubeTensor<R>, CubeTensor<R>> {
+    let Some(dtype) = float_dtype(&x) else { return Err(x) };
+    let x = if x.strides[2] == 1 { x } else { burn_cubecl::kernel::into_contiguous(x) };
+    let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+    let rows = x.shape.dims[0] * x.shape.dims[1];
+    let client = x.client.clone();
+    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
+    // Safety: as in `group_norm`.
+    unsafe {
+        layer_norm_rows::launch_unchecked(
+            &client,
+            cube_count(&x, rows),
+            CubeDim::new_1d(UNITS),
+            x.as_tensor_arg(1),
+            gamma.as_tensor_arg(1),
+            beta.as_tensor_arg(1),
+            out.as_tensor_arg(1),
+            ScalarArg::new(eps as f32),
+            dtype,
+        )
+        .expect("layer norm launch");
+    }
+    Ok(out)
+}
+
+/// Softmax over the last axis, into a contiguous tensor of the same dtype. `Err` hands `x`
+/// back for dtypes the kernels do not take.
+pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> Result<CubeTensor<R>, CubeTensor<R>> {
+    let Some(dtype) = float_dtype(&x) else { return Err(x) };
+    let x = contiguous(x);
+    let width = *x.shape.dims.last().expect("a tensor with axes");
+    let rows = x.shape.num_elements() / width.max(1);
+    let client = x.client.clone();
+    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
+    // A row shorter than a cube leaves units idle; 32 (one warp) serves the 77 text tokens.
+    let units = (width.next_power_of_two() as u32).clamp(32, UNITS);
+    // Safety: as in `group_norm`.
+    unsafe {
+        softmax_rows::launch_unchecked(
+            &client,
+            cube_count(&x, rows),
+            CubeDim::new_1d(units),
+            x.as_tensor_arg(1),
+            out.as_tensor_arg(1),
+            ScalarArg::new(rows as u32),
+            dtype,
+        )
+        .expect("softmax launch");
+    }
+    Ok(out)
+}
+
+/// GEGLU on `[n, L, 2 * inner]`: the first half times the exact GELU of the second, into a
+/// contiguous `[n, L, inner]`. `Err` hands `h` back for dtypes the kernels do not take.
+pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> Result<CubeTensor<R>, CubeTensor<R>> {
+    let Some(dtype) = float_dtype(&h) else { return Err(h) };
+    let h = contiguous(h);
+    let mut dims = h.shape.dims.clone();
+    *dims.last_mut().expect("a tensor with axes") /= 2;
+    let client = h.client.clone();
+    let out = empty_device_dtype(client.clone(), h.device.clone(), Shape::from(dims), h.dtype);
+    let elems = out.shape.num_elements();
+    let dim = CubeDim::new_1d(UNITS);
+    // Safety: as in `group_norm`.
+    unsafe {
+        geglu_elems::launch_unchecked(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, elems, dim),
+            dim,
+            h.as_tensor_arg(1),
+            out.as_tensor_arg(1),
+            dtype,
+        )
+        .expect("geglu launch");
+    }
+    Ok(out)
+}

@@ -1,0 +1,177 @@
+//! Runs ddrep's own cubecl kernels (`ddrep::gpu_kernels`: group norm with and without SiLU,
+//! NCHW and channels-last; layer norm; softmax; GEGLU) on burn's wgpu backend and compares each
+//! output with its f64 definition, computed from the inputs as rounded to the kernel's dtype.
+//! Prints one line per case and exits 1 if any is outside its tolerance.
+//!
+//!     sudo apt-get install mesa-vulkan-drivers   # lavapipe: Vulkan on the CPU
+//!     cd tools/gpu/kernels-check && cargo run --release            # f32
+//!     cargo run --release -- f16                                     # needs shader-f16
+//!
+//! lavapipe (Mesa 22.3) has no f16 shaders, so there only f32 runs; f16 and bf16 are checked on
+//! CUDA by `ddrep parity` (tools/gpu/check.sh).
+
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::tensor::CubeTensor;
+
+type R = burn_wgpu::WgpuRuntime;
+type B = burn_cubecl::CubeBackend<R, f32, i32, u32>;
+
+struct Check {
+    dtype: DType,
+    tol: f64,
+    dev: burn_wgpu::WgpuDevice,
+    failures: usize,
+}
+
+impl Check {
+    /// `v` as a tensor of `dims` in the checked dtype, as a cube tensor.
+    fn input<const D: usize>(&self, v: &[f32], dims: [usize; D]) -> CubeTensor<R> {
+        let t = Tensor::<B, D>::from_data(TensorData::new(v.to_vec(), dims), &self.dev);
+        let t = if self.dtype == DType::F16 { t.cast(FloatDType::F16) } else { t };
+        t.into_primitive().tensor()
+    }
+
+    /// A kernel output as f32 values in its logical (row-major) order.
+    fn output<const D: usize>(&self, c: CubeTensor<R>) -> Vec<f32> {
+        let t = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(c));
+        t.cast(FloatDType::F32).into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    /// `v` rounded to the checked dtype, in f64.
+    fn exact(&self, v: f32) -> f64 {
+        if self.dtype == DType::F16 { half::f16::from_f32(v).to_f64() } else { v as f64 }
+    }
+
+    /// Reports the largest error of `got` against `want`, relative to `max(|want|, floor)`.
+    fn report(&mut self, what: String, got: &[f32], want: &[f64], floor: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: output length");
+        let err = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(floor)).fold(0.0, f64::max);
+        let ok = err <= self.tol;
+        self.failures += usize::from(!ok);
+        println!("{what} {:?}: max rel err {err:.2e} (tol {:.0e}) {}", self.dtype, self.tol, if ok { "ok" } else { "FAIL" });
+    }
+}
+
+/// Deterministic inputs with a spread of values and a slow drift (uneven group means).
+fn data(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 37 + seed * 11) % 101) as f32 / 25.0 - 2.0 + ((i / 97) % 5) as f32 * 0.3).collect()
+}
+
+fn group_norm(ck: &mut Check, [n, c, h, w]: [usize; 4], groups: usize, channels_last: bool, silu: bool) {
+    let (xv, gv, bv) = (data(n * c * h * w, 1), data(c, 2), data(c, 3));
+    let mut x = ck.input(&xv, [n, c, h, w]);
+    if channels_last {
+        // The same values, laid out NHWC and viewed as NCHW (as the implicit-GEMM convs give them).
+        let t = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x)).permute([0, 2, 3, 1]);
+        let t = burn_cubecl::kernel::into_contiguous(t.into_primitive().tensor());
+        x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)).permute([0, 3, 1, 2]).into_primitive().tensor();
+    }
+    let strides = x.strides.clone();
+    let y = ddrep::gpu_kernels::group_norm(x, ck.input(&gv, [c]), ck.input(&bv, [c]), groups, 1e-5, silu).ok().expect("a float dtype");
+    assert_eq!(y.strides, strides, "the output keeps the input's layout");
+    let got = ck.output::<4>(y);
+    let cpg = c / groups;
+    let mut want = vec![0.0; xv.len()];
+    for ni in 0..n {
+        for g in 0..groups {
+            let idx: Vec<usize> = (0..cpg).flat_map(|k| (0..h * w).map(move |s| (ni * c + g * cpg + k) * h * w + s)).collect();
+            let mean = idx.iter().map(|&i| ck.exact(xv[i])).sum::<f64>() / idx.len() as f64;
+            let var = idx.iter().map(|&i| (ck.exact(xv[i]) - mean).powi(2)).sum::<f64>() / idx.len() as f64;
+            for &i in &idx {
+                let ch = (i / (h * w)) % c;
+                let y = (ck.exact(xv[i]) - mean) / (var + 1e-5).sqrt() * ck.exact(gv[ch]) + ck.exact(bv[ch]);
+                want[i] = if silu { y / (1.0 + (-y).exp()) } else { y };
+            }
+        }
+    }
+    ck.report(format!("group_norm [{n},{c},{h},{w}] groups {groups} channels_last {channels_last} silu {silu}"), &got, &want, 1.0);
+}
+
+fn layer_norm(ck: &mut Check, [n, l, c]: [usize; 3]) {
+    let (xv, gv, bv) = (data(n * l * c, 4), data(c, 5), data(c, 6));
+    let y = ddrep::gpu_kernels::layer_norm(ck.input(&xv, [n, l, c]), ck.input(&gv, [c]), ck.input(&bv, [c]), 1e-5).ok().expect("a float dtype");
+    let got = ck.output::<3>(y);
+    let mut want = Vec::with_capacity(xv.len());
+    for row in xv.chunks(c) {
+        let xs: Vec<f64> = row.iter().map(|&v| ck.exact(v)).collect();
+        let mean = xs.iter().sum::<f64>() / c as f64;
+        let var = xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / c as f64;
+        want.extend(xs.iter().enumerate().map(|(j, a)| (a - mean) / (var + 1e-5).sqrt() * ck.exact(gv[j]) + ck.exact(bv[j])));
+    }
+    ck.report(format!("layer_norm [{n},{l},{c}]"), &got, &want, 1.0);
+}
+
+fn softmax(ck: &mut Check, rows: usize, width: usize) {
+    let xv: Vec<f32> = data(rows * width, 7).iter().map(|v| v * 3.0).collect();
+    let got = ck.output::<3>(ddrep::gpu_kernels::softmax_last(ck.input(&xv, [1, rows, width])).ok().expect("a float dtype"));
+    let mut want = Vec::with_capacity(xv.len());
+    for row in xv.chunks(width) {
+        let xs: Vec<f64> = row.iter().map(|&v| ck.exact(v)).collect();
+        let max = xs.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = xs.iter().map(|a| (a - max).exp()).sum();
+        want.extend(xs.iter().map(|a| (a - max).exp() / z));
+    }
+    // Relative to the probability itself down to 1e-3 (smaller ones are f16's subnormals).
+    ck.report(format!("softmax [{rows},{width}]"), &got, &want, 1e-3);
+}
+
+fn geglu(ck: &mut Check, rows: usize, inner: usize) {
+    let hv = data(rows * 2 * inner, 8);
+    let got = ck.output::<3>(ddrep::gpu_kernels::geglu(ck.input(&hv, [1, rows, 2 * inner])).ok().expect("a float dtype"));
+    let mut want = Vec::with_capacity(rows * inner);
+    for row in hv.chunks(2 * inner) {
+        for j in 0..inner {
+            let (value, gate) = (ck.exact(row[j]), ck.exact(row[inner + j]));
+            want.push(value * 0.5 * gate * (1.0 + erf(gate / 2f64.sqrt())));
+        }
+    }
+    ck.report(format!("geglu [{rows},{inner}]"), &got, &want, 1.0);
+}
+
+/// erf by Simpson's rule on `2 / sqrt(pi) exp(-t^2)` (4000 intervals: error far below f32's).
+fn erf(x: f64) -> f64 {
+    let n = 4000;
+    let h = x / n as f64;
+    let f = |t: f64| (-t * t).exp();
+    let inner: f64 = (1..n).map(|i| f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 }).sum();
+    (f(0.0) + f(x) + inner) * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn main() {
+    let dtypes: Vec<String> = std::env::args().skip(1).collect();
+    let dtypes = if dtypes.is_empty() { vec!["f32".to_string()] } else { dtypes };
+    let mut failures = 0;
+    for name in dtypes {
+        let (dtype, tol) = match name.as_str() {
+            "f32" => (DType::F32, 1e-5),
+            "f16" => (DType::F16, 4e-3),
+            other => {
+                eprintln!("unknown dtype {other:?}: expected f32 or f16");
+                std::process::exit(2);
+            }
+        };
+        let mut ck = Check { dtype, tol, dev: Default::default(), failures: 0 };
+        // Groups of one chunk and of several (the 40x60 groups: 2 x 2400 elements, 3 chunks).
+        for (dims, groups) in [([2, 8, 5, 7], 4), ([1, 64, 40, 60], 32), ([2, 40, 3, 3], 8)] {
+            for channels_last in [false, true] {
+                for silu in [false, true] {
+                    group_norm(&mut ck, dims, groups, channels_last, silu);
+                }
+            }
+        }
+        for dims in [[2, 13, 320], [1, 5, 1280], [1, 3, 40]] {
+            layer_norm(&mut ck, dims);
+        }
+        for (rows, width) in [(6, 77), (3, 300), (2, 4096), (1, 5)] {
+            softmax(&mut ck, rows, width);
+        }
+        for (rows, inner) in [(7, 10), (300, 1280)] {
+            geglu(&mut ck, rows, inner);
+        }
+        failures += ck.failures;
+    }
+    if failures > 0 {
+        eprintln!("{failures} kernel checks outside their tolerance");
+        std::process::exit(1);
+    }
+}
