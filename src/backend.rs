@@ -157,17 +157,30 @@ fn own_kernels<B: burn::tensor::backend::Backend>() -> bool {
     cube_tensors::<B>() && *ON.get_or_init(|| gpu_ops().unwrap_or(true))
 }
 
+/// Set once one of [`crate::gpu_kernels`] has not run (a launch or compile error): burn's ops
+/// serve the rest of the process, and the reason is said once on stderr.
+#[cfg(feature = "cuda")]
+static OPS_REFUSED: AtomicBool = AtomicBool::new(false);
+
 /// Runs one of [`crate::gpu_kernels`] on a burn-cuda tensor, or hands `x` back (`Err`) where
-/// they do not apply (other backends, `DDREP_GPU_OPS=burn`, dtypes the kernels do not take).
+/// they do not apply (other backends, `DDREP_GPU_OPS=burn`, after a refusal) or the kernel
+/// did not run (then said once, and [`OPS_REFUSED`] set).
 #[cfg(feature = "cuda")]
 fn own_kernel<B: burn::tensor::backend::Backend, const D: usize, const E: usize>(
     x: burn::tensor::Tensor<B, D>,
-    kernel: impl FnOnce(Cube) -> Result<Cube, Cube>,
+    name: &str,
+    kernel: impl FnOnce(Cube) -> crate::gpu_kernels::KernelResult<burn::cubecl::cuda::CudaRuntime>,
 ) -> Result<burn::tensor::Tensor<B, E>, burn::tensor::Tensor<B, D>> {
-    if !own_kernels::<B>() {
+    if !own_kernels::<B>() || OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(x);
     }
-    kernel(to_cube(x)).map(from_cube).map_err(from_cube)
+    match kernel(to_cube(x)) {
+        Ok(y) => Ok(from_cube(y)),
+        Err((x, reason)) => {
+            say_once(&OPS_REFUSED, || format!("{GPU_OPS_ENV}=ddrep: the {name} kernel did not run ({}); burn's ops run the norms, softmax and GEGLU from now on in this process", brief_error(&reason)));
+            Err(from_cube(x))
+        }
+    }
 }
 
 /// `[N, C, H, W]` group norm (+ SiLU) by [`crate::gpu_kernels::group_norm`]; see [`own_kernel`].
@@ -180,7 +193,7 @@ pub fn cuda_group_norm<B: burn::tensor::backend::Backend>(
     eps: f64,
     silu: bool,
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
-    own_kernel(x, |x| crate::gpu_kernels::group_norm(x, to_cube(gamma.clone()), to_cube(beta.clone()), groups, eps, silu))
+    own_kernel(x, "group norm", |x| crate::gpu_kernels::group_norm(x, to_cube(gamma.clone()), to_cube(beta.clone()), groups, eps, silu))
 }
 
 /// Layer norm over the last axis of `[n, L, C]` by [`crate::gpu_kernels::layer_norm`]; see
@@ -192,19 +205,19 @@ pub fn cuda_layer_norm<B: burn::tensor::backend::Backend>(
     beta: &burn::tensor::Tensor<B, 1>,
     eps: f64,
 ) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
-    own_kernel(x, |x| crate::gpu_kernels::layer_norm(x, to_cube(gamma.clone()), to_cube(beta.clone()), eps))
+    own_kernel(x, "layer norm", |x| crate::gpu_kernels::layer_norm(x, to_cube(gamma.clone()), to_cube(beta.clone()), eps))
 }
 
 /// Softmax over the last axis by [`crate::gpu_kernels::softmax_last`]; see [`own_kernel`].
 #[cfg(feature = "cuda")]
 pub fn cuda_softmax<B: burn::tensor::backend::Backend, const D: usize>(x: burn::tensor::Tensor<B, D>) -> Result<burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>> {
-    own_kernel(x, crate::gpu_kernels::softmax_last)
+    own_kernel(x, "softmax", crate::gpu_kernels::softmax_last)
 }
 
 /// GEGLU on `[n, L, 2 * inner]` by [`crate::gpu_kernels::geglu`]; see [`own_kernel`].
 #[cfg(feature = "cuda")]
 pub fn cuda_geglu<B: burn::tensor::backend::Backend>(h: burn::tensor::Tensor<B, 3>) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
-    own_kernel(h, crate::gpu_kernels::geglu)
+    own_kernel(h, "GEGLU", crate::gpu_kernels::geglu)
 }
 
 /// A conv weight `[out, in, kh, kw]` whose memory is laid out `[out, kh, kw, in]` (the same

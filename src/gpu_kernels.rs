@@ -289,12 +289,17 @@ fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype
     out[ABSOLUTE_POS] = F::cast_from(value * gelu);
 }
 
-/// A kernel input whose memory a kernel here cannot address as it is: the caller's fallback
-/// runs burn's ops on it instead (quantised or non-float tensors; never expected in SD1.5).
-fn float_dtype(t: &CubeTensor<impl CubeRuntime>) -> Option<StorageType> {
+/// A kernel's output, or its input handed back with the reason it did not run (a dtype the
+/// kernels do not take, or the runtime's launch error, e.g. a compiler's): the caller runs
+/// burn's ops instead.
+pub type KernelResult<R> = Result<CubeTensor<R>, (CubeTensor<R>, String)>;
+
+/// The kernels' element type for `t`, or why there is none (quantised or non-float tensors;
+/// never expected in SD1.5).
+fn float_dtype(t: &CubeTensor<impl CubeRuntime>) -> Result<StorageType, String> {
     match t.dtype {
-        DType::F32 | DType::F16 | DType::BF16 => Some(t.dtype.into()),
-        _ => None,
+        DType::F32 | DType::F16 | DType::BF16 => Ok(t.dtype.into()),
+        d => Err(format!("dtype {d:?}")),
     }
 }
 
@@ -316,7 +321,7 @@ fn cube_count<R: CubeRuntime>(t: &CubeTensor<R>, cubes: usize) -> CubeCount {
 /// `[N, C, H, W]` group norm with `groups` groups (statistics per sample and group), affine
 /// `gamma`, `beta` (`[C]`), then SiLU if `silu`. A channels-last input gives a channels-last
 /// output (the next conv reads it without a copy); anything else a contiguous one. `Err`
-/// hands `x` back for dtypes the kernels do not take.
+/// hands `x` back with the reason ([`KernelResult`]).
 pub fn group_norm<R: CubeRuntime>(
     x: CubeTensor<R>,
     gamma: CubeTensor<R>,
@@ -324,8 +329,11 @@ pub fn group_norm<R: CubeRuntime>(
     groups: usize,
     eps: f64,
     silu: bool,
-) -> Result<CubeTensor<R>, CubeTensor<R>> {
-    let Some(dtype) = float_dtype(&x) else { return Err(x) };
+) -> KernelResult<R> {
+    let dtype = match float_dtype(&x) {
+        Ok(d) => d,
+        Err(e) => return Err((x, e)),
+    };
     let [n, c, h, w] = <[usize; 4]>::try_from(x.shape.dims.as_slice()).expect("a 4-d tensor");
     let s = &x.strides;
     let channels_last = s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c;
@@ -345,7 +353,7 @@ pub fn group_norm<R: CubeRuntime>(
     let dim = CubeDim::new_1d(UNITS);
     // Safety: every index the kernels form is inside its tensor (cubes past the work return
     // first; element and chunk loops stop at the group's and chunk's ends).
-    unsafe {
+    let launched = unsafe {
         group_norm_stats::launch_unchecked(
             &client,
             cube_count(&x, cubes),
@@ -358,8 +366,8 @@ pub fn group_norm<R: CubeRuntime>(
             channels_last,
             dtype,
         )
-        .expect("group norm statistics launch");
-        group_norm_apply::launch_unchecked(
+        .and_then(|()| {
+            group_norm_apply::launch_unchecked(
             &client,
             cube_count(&x, cubes),
             dim,
@@ -376,22 +384,25 @@ pub fn group_norm<R: CubeRuntime>(
             silu,
             dtype,
         )
-        .expect("group norm launch");
-    }
-    Ok(out)
+        })
+    };
+    launched.map(|()| out).map_err(|e| (x, format!("{e:?}")))
 }
 
 /// Layer norm over the last axis of `[n, L, C]` with `gamma`, `beta` (`[C]`), into a contiguous
-/// tensor. `Err` hands `x` back for dtypes the kernels do not take.
-pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: CubeTensor<R>, eps: f64) -> Result<CubeTensor<R>, CubeTensor<R>> {
-    let Some(dtype) = float_dtype(&x) else { return Err(x) };
+/// tensor. `Err` hands `x` back with the reason ([`KernelResult`]).
+pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: CubeTensor<R>, eps: f64) -> KernelResult<R> {
+    let dtype = match float_dtype(&x) {
+        Ok(d) => d,
+        Err(e) => return Err((x, e)),
+    };
     let x = if x.strides[2] == 1 { x } else { burn_cubecl::kernel::into_contiguous(x) };
     let (gamma, beta) = (contiguous(gamma), contiguous(beta));
     let rows = x.shape.dims[0] * x.shape.dims[1];
     let client = x.client.clone();
     let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
     // Safety: as in `group_norm`.
-    unsafe {
+    let launched = unsafe {
         layer_norm_rows::launch_unchecked(
             &client,
             cube_count(&x, rows),
@@ -403,15 +414,17 @@ pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: 
             ScalarArg::new(eps as f32),
             dtype,
         )
-        .expect("layer norm launch");
-    }
-    Ok(out)
+    };
+    launched.map(|()| out).map_err(|e| (x, format!("{e:?}")))
 }
 
 /// Softmax over the last axis, into a contiguous tensor of the same dtype. `Err` hands `x`
-/// back for dtypes the kernels do not take.
-pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> Result<CubeTensor<R>, CubeTensor<R>> {
-    let Some(dtype) = float_dtype(&x) else { return Err(x) };
+/// back with the reason ([`KernelResult`]).
+pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> KernelResult<R> {
+    let dtype = match float_dtype(&x) {
+        Ok(d) => d,
+        Err(e) => return Err((x, e)),
+    };
     let x = contiguous(x);
     let width = *x.shape.dims.last().expect("a tensor with axes");
     let rows = x.shape.num_elements() / width.max(1);
@@ -420,7 +433,7 @@ pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> Result<CubeTensor<R>, C
     // A row shorter than a cube leaves units idle; 32 (one warp) serves the 77 text tokens.
     let units = (width.next_power_of_two() as u32).clamp(32, UNITS);
     // Safety: as in `group_norm`.
-    unsafe {
+    let launched = unsafe {
         softmax_rows::launch_unchecked(
             &client,
             cube_count(&x, rows),
@@ -430,15 +443,17 @@ pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> Result<CubeTensor<R>, C
             ScalarArg::new(rows as u32),
             dtype,
         )
-        .expect("softmax launch");
-    }
-    Ok(out)
+    };
+    launched.map(|()| out).map_err(|e| (x, format!("{e:?}")))
 }
 
 /// GEGLU on `[n, L, 2 * inner]`: the first half times the exact GELU of the second, into a
-/// contiguous `[n, L, inner]`. `Err` hands `h` back for dtypes the kernels do not take.
-pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> Result<CubeTensor<R>, CubeTensor<R>> {
-    let Some(dtype) = float_dtype(&h) else { return Err(h) };
+/// contiguous `[n, L, inner]`. `Err` hands `h` back with the reason ([`KernelResult`]).
+pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
+    let dtype = match float_dtype(&h) {
+        Ok(d) => d,
+        Err(e) => return Err((h, e)),
+    };
     let h = contiguous(h);
     let mut dims = h.shape.dims.clone();
     *dims.last_mut().expect("a tensor with axes") /= 2;
@@ -447,7 +462,7 @@ pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> Result<CubeTensor<R>, CubeTens
     let elems = out.shape.num_elements();
     let dim = CubeDim::new_1d(UNITS);
     // Safety: as in `group_norm`.
-    unsafe {
+    let launched = unsafe {
         geglu_elems::launch_unchecked(
             &client,
             cubecl::calculate_cube_count_elemwise(&client, elems, dim),
@@ -456,7 +471,6 @@ pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> Result<CubeTensor<R>, CubeTens
             out.as_tensor_arg(1),
             dtype,
         )
-        .expect("geglu launch");
-    }
-    Ok(out)
+    };
+    launched.map(|()| out).map_err(|e| (h, format!("{e:?}")))
 }
