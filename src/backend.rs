@@ -305,6 +305,8 @@ pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     let strategy = match kernel {
         GpuMatmul::Auto => None,
         GpuMatmul::SimpleMma => Some(Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: false }))),
+        GpuMatmul::MultiRows => Some(Strategy::SimpleCyclicCmma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: true }))),
+        GpuMatmul::MmaMultiRows => Some(Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: true }))),
         GpuMatmul::Double => Some(Strategy::DoubleCyclicCmma(BlueprintStrategy::Inferred(DoubleBufferingArgs { specialized: false }))),
         GpuMatmul::DoubleMma => Some(Strategy::DoubleCyclicMma(BlueprintStrategy::Inferred(DoubleBufferingArgs { specialized: false }))),
         GpuMatmul::OrderedDouble => Some(Strategy::OrderedDoubleCmma(BlueprintStrategy::Inferred(OrderedSelectionArgs {

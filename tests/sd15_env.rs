@@ -19,8 +19,8 @@ fn unknown_gpu_kernel_values_fail_the_load_with_one_line() {
         ("DDREP_GPU_OPS", "DDREP_GPU_OPS=\"fast\": expected `ddrep` (the default) or `burn`", &["ddrep", "burn", ""][..]),
         (
             "DDREP_GPU_MATMUL",
-            "DDREP_GPU_MATMUL=\"fast\": expected `auto` (the default), `simple-mma`, `double`, `double-mma`, `ordered-double` or `specialized-tma-mma`",
-            &["auto", "simple-mma", "double", "double-mma", "ordered-double", "specialized-tma-mma", ""][..],
+            "DDREP_GPU_MATMUL=\"fast\": expected `auto` (the default), `simple-mma`, `multi-rows`, `mma-multi-rows`, `double`, `double-mma`, `ordered-double` or `specialized-tma-mma`",
+            &["auto", "simple-mma", "multi-rows", "mma-multi-rows", "double", "double-mma", "ordered-double", "specialized-tma-mma", ""][..],
         ),
     ];
     for (var, expected, known) in cases {

@@ -10,7 +10,8 @@
 #            f16 (compare with bench's numbers), profile;
 #   convs    bench f16 (no diffusers) with each of DDREP_GPU_CONV's other implicit-GEMM
 #            kernels (-mma, -async, -async-mma, -tma, -tma-mma);
-#   matmuls  the same with each of DDREP_GPU_MATMUL's routines other than `auto`;
+#   matmuls  the same with each of DDREP_GPU_MATMUL's routines other than `auto` (MATMULS
+#            picks some);
 #   ops      bench f16 (no diffusers) with DDREP_GPU_OPS=burn: burn's op chains for the norms,
 #            softmax and GEGLU instead of ddrep's kernels (src/gpu_kernels.rs), then its profile;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
@@ -125,7 +126,7 @@ for s in $STEPS; do
         done ;;
     matmuls)
         # cubek-matmul's other routines for the linear layers and the blocked attention.
-        for mm in simple-mma double double-mma ordered-double specialized-tma-mma; do
+        for mm in ${MATMULS:-simple-mma multi-rows mma-multi-rows double double-mma ordered-double specialized-tma-mma}; do
             DDREP_GPU_MATMUL=$mm step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
         done ;;
     kernels)

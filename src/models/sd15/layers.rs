@@ -118,7 +118,8 @@ const GEMM_MAX_PIXELS: usize = 32 * 32;
 /// `im2col` (every stride-1 "same" conv as im2col + one matmul on the tensor cores, f32
 /// accumulation; more memory). The default is the fastest measured: an SD1.5 UNet eval in f16
 /// on the lent H200 (2026-11-26, `cuda` build) took 0.087 s with `implicit-gemm`, 0.137 s with
-/// `im2col` and 0.330 s with `native` (the siblings are not yet measured). A sibling that
+/// `im2col` and 0.330 s with `native`; the siblings 0.081-0.089 s, within noise (the two
+/// `-mma` ones refused by NVRTC at [2, 1280, 8, 8]). A sibling that
 /// cubek refuses is said once on stderr and then the default kernel runs for the rest of the
 /// process. Read once per model part by the `Loader`; an unknown value is an error from
 /// `Loader::finish` (and when the CLI starts).
@@ -170,9 +171,15 @@ pub fn gpu_conv() -> Result<GpuConv, String> {
 /// Environment switch for the matmuls of the SD1.5 models' linear layers and blocked attention
 /// on burn-cuda: `auto` (default: burn's matmul, which without autotune is cubek-matmul's
 /// `Auto`, the simple cyclic cmma kernel) or one of cubek-matmul's other routines, which burn
-/// reaches only through autotune: `simple-mma` (PTX `mma` tiles), `double`, `double-mma`
+/// reaches only through autotune: `simple-mma` (PTX `mma` tiles), `multi-rows`,
+/// `mma-multi-rows` (the simple kernel with several rows of tiles per cube; in an earlier
+/// autotune run on the H200 it beat `auto` 1.3-2x on every shape with 4096 rows or more),
+/// `double`, `double-mma`
 /// (double buffering), `ordered-double` (ordered double buffering, 8 rows), `specialized-tma-mma`
-/// (warp-specialised loads through the tensor-memory accelerator). Not yet measured on a GPU.
+/// (warp-specialised loads through the tensor-memory accelerator). On the H200 (2026-11-26)
+/// `simple-mma` was within noise of `auto`, `specialized-tma-mma` was refused, and the three
+/// double-buffered routines gave non-finite UNet outputs (wrong results, which `ddrep bench`
+/// and the samplers stop on; not refusals), so they stay opt-in for experiments.
 /// A refused routine is said once on stderr, and burn's matmul runs for the rest of the process.
 /// Read once per model part by the `Loader`, like [`GPU_CONV_ENV`].
 pub const GPU_MATMUL_ENV: &str = "DDREP_GPU_MATMUL";
@@ -183,6 +190,8 @@ pub enum GpuMatmul {
     #[default]
     Auto,
     SimpleMma,
+    MultiRows,
+    MmaMultiRows,
     Double,
     DoubleMma,
     OrderedDouble,
@@ -190,9 +199,11 @@ pub enum GpuMatmul {
 }
 
 /// The names of [`GpuMatmul`]'s values, as [`GPU_MATMUL_ENV`] takes them.
-const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 6] = [
+const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 8] = [
     ("auto", GpuMatmul::Auto),
     ("simple-mma", GpuMatmul::SimpleMma),
+    ("multi-rows", GpuMatmul::MultiRows),
+    ("mma-multi-rows", GpuMatmul::MmaMultiRows),
     ("double", GpuMatmul::Double),
     ("double-mma", GpuMatmul::DoubleMma),
     ("ordered-double", GpuMatmul::OrderedDouble),
