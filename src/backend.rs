@@ -176,7 +176,8 @@ fn own_kernel<B: burn::tensor::backend::Backend, const D: usize, const E: usize>
     }
     match kernel(to_cube(x)) {
         Ok(y) => Ok(from_cube(y)),
-        Err((x, reason)) => {
+        Err(refused) => {
+            let (x, reason) = *refused;
             say_once(&OPS_REFUSED, || format!("{GPU_OPS_ENV}=ddrep: the {name} kernel did not run ({}); burn's ops run the norms, softmax and GEGLU from now on in this process", brief_error(&reason)));
             Err(from_cube(x))
         }

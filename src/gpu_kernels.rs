@@ -291,15 +291,34 @@ fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype
 
 /// A kernel's output, or its input handed back with the reason it did not run (a dtype the
 /// kernels do not take, or the runtime's launch error, e.g. a compiler's): the caller runs
-/// burn's ops instead.
-pub type KernelResult<R> = Result<CubeTensor<R>, (CubeTensor<R>, String)>;
+/// burn's ops instead. Boxed: the rare path need not make every result large.
+pub type KernelResult<R> = Result<CubeTensor<R>, Refused<R>>;
 
-/// The kernels' element type for `t`, or why there is none (quantised or non-float tensors;
-/// never expected in SD1.5).
-fn float_dtype(t: &CubeTensor<impl CubeRuntime>) -> Result<StorageType, String> {
-    match t.dtype {
-        DType::F32 | DType::F16 | DType::BF16 => Ok(t.dtype.into()),
-        d => Err(format!("dtype {d:?}")),
+/// A kernel's input handed back, with why the kernel did not run ([`KernelResult`]).
+pub type Refused<R> = Box<(CubeTensor<R>, String)>;
+
+/// `x` with its element type for the kernels, or `x` handed back with why there is none
+/// (quantised or non-float tensors; never expected in SD1.5).
+fn with_dtype<R: CubeRuntime>(x: CubeTensor<R>) -> Result<(CubeTensor<R>, StorageType), Refused<R>> {
+    match x.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {
+            let dtype = x.dtype.into();
+            Ok((x, dtype))
+        }
+        d => Err(Box::new((x, format!("dtype {d:?}")))),
+    }
+}
+
+/// An uninitialised contiguous tensor of `shape` in `like`'s dtype, on its device.
+fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), shape, like.dtype)
+}
+
+/// `out` once its launch went through, else `input` handed back with the launch error.
+fn launched<R: CubeRuntime, E: std::fmt::Debug>(launch: Result<(), E>, out: CubeTensor<R>, input: CubeTensor<R>) -> KernelResult<R> {
+    match launch {
+        Ok(()) => Ok(out),
+        Err(e) => Err(Box::new((input, format!("{e:?}")))),
     }
 }
 
@@ -330,10 +349,7 @@ pub fn group_norm<R: CubeRuntime>(
     eps: f64,
     silu: bool,
 ) -> KernelResult<R> {
-    let dtype = match float_dtype(&x) {
-        Ok(d) => d,
-        Err(e) => return Err((x, e)),
-    };
+    let (x, dtype) = with_dtype(x)?;
     let [n, c, h, w] = <[usize; 4]>::try_from(x.shape.dims.as_slice()).expect("a 4-d tensor");
     let s = &x.strides;
     let channels_last = s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c;
@@ -344,7 +360,7 @@ pub fn group_norm<R: CubeRuntime>(
     let cubes = n * groups * chunks;
     let client = x.client.clone();
     let stats = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([2 * cubes]), DType::F32);
-    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
+    let out = empty_like(&x, x.shape.clone());
     let out = if channels_last {
         CubeTensor::new(out.client, out.handle, out.shape, out.device, x.strides.clone(), out.dtype)
     } else {
@@ -353,7 +369,7 @@ pub fn group_norm<R: CubeRuntime>(
     let dim = CubeDim::new_1d(UNITS);
     // Safety: every index the kernels form is inside its tensor (cubes past the work return
     // first; element and chunk loops stop at the group's and chunk's ends).
-    let launched = unsafe {
+    let launch = unsafe {
         group_norm_stats::launch_unchecked(
             &client,
             cube_count(&x, cubes),
@@ -386,23 +402,20 @@ pub fn group_norm<R: CubeRuntime>(
         )
         })
     };
-    launched.map(|()| out).map_err(|e| (x, format!("{e:?}")))
+    launched(launch, out, x)
 }
 
 /// Layer norm over the last axis of `[n, L, C]` with `gamma`, `beta` (`[C]`), into a contiguous
 /// tensor. `Err` hands `x` back with the reason ([`KernelResult`]).
 pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: CubeTensor<R>, eps: f64) -> KernelResult<R> {
-    let dtype = match float_dtype(&x) {
-        Ok(d) => d,
-        Err(e) => return Err((x, e)),
-    };
+    let (x, dtype) = with_dtype(x)?;
     let x = if x.strides[2] == 1 { x } else { burn_cubecl::kernel::into_contiguous(x) };
     let (gamma, beta) = (contiguous(gamma), contiguous(beta));
     let rows = x.shape.dims[0] * x.shape.dims[1];
     let client = x.client.clone();
-    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
+    let out = empty_like(&x, x.shape.clone());
     // Safety: as in `group_norm`.
-    let launched = unsafe {
+    let launch = unsafe {
         layer_norm_rows::launch_unchecked(
             &client,
             cube_count(&x, rows),
@@ -415,25 +428,22 @@ pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: 
             dtype,
         )
     };
-    launched.map(|()| out).map_err(|e| (x, format!("{e:?}")))
+    launched(launch, out, x)
 }
 
 /// Softmax over the last axis, into a contiguous tensor of the same dtype. `Err` hands `x`
 /// back with the reason ([`KernelResult`]).
 pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> KernelResult<R> {
-    let dtype = match float_dtype(&x) {
-        Ok(d) => d,
-        Err(e) => return Err((x, e)),
-    };
+    let (x, dtype) = with_dtype(x)?;
     let x = contiguous(x);
     let width = *x.shape.dims.last().expect("a tensor with axes");
     let rows = x.shape.num_elements() / width.max(1);
     let client = x.client.clone();
-    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape.clone(), x.dtype);
+    let out = empty_like(&x, x.shape.clone());
     // A row shorter than a cube leaves units idle; 32 (one warp) serves the 77 text tokens.
     let units = (width.next_power_of_two() as u32).clamp(32, UNITS);
     // Safety: as in `group_norm`.
-    let launched = unsafe {
+    let launch = unsafe {
         softmax_rows::launch_unchecked(
             &client,
             cube_count(&x, rows),
@@ -444,25 +454,22 @@ pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> KernelResult<R> {
             dtype,
         )
     };
-    launched.map(|()| out).map_err(|e| (x, format!("{e:?}")))
+    launched(launch, out, x)
 }
 
 /// GEGLU on `[n, L, 2 * inner]`: the first half times the exact GELU of the second, into a
 /// contiguous `[n, L, inner]`. `Err` hands `h` back with the reason ([`KernelResult`]).
 pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
-    let dtype = match float_dtype(&h) {
-        Ok(d) => d,
-        Err(e) => return Err((h, e)),
-    };
+    let (h, dtype) = with_dtype(h)?;
     let h = contiguous(h);
     let mut dims = h.shape.dims.clone();
     *dims.last_mut().expect("a tensor with axes") /= 2;
     let client = h.client.clone();
-    let out = empty_device_dtype(client.clone(), h.device.clone(), Shape::from(dims), h.dtype);
+    let out = empty_like(&h, Shape::from(dims));
     let elems = out.shape.num_elements();
     let dim = CubeDim::new_1d(UNITS);
     // Safety: as in `group_norm`.
-    let launched = unsafe {
+    let launch = unsafe {
         geglu_elems::launch_unchecked(
             &client,
             cubecl::calculate_cube_count_elemwise(&client, elems, dim),
@@ -472,5 +479,5 @@ pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
             dtype,
         )
     };
-    launched.map(|()| out).map_err(|e| (h, format!("{e:?}")))
+    launched(launch, out, h)
 }

@@ -8,7 +8,8 @@
 //!     cargo run --release -- f16                                     # needs shader-f16
 //!
 //! lavapipe (Mesa 22.3) has no f16 shaders, so there only f32 runs; f16 and bf16 are checked on
-//! CUDA by `ddrep parity` (tools/gpu/check.sh).
+//! CUDA by `ddrep parity` (tools/gpu/check.sh). `.ci/run` runs this (f32, on lavapipe) after
+//! the test suite.
 
 use burn::tensor::{DType, FloatDType, Tensor, TensorData, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
