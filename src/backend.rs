@@ -401,8 +401,9 @@ pub fn cuda_flash_attention<B: burn::tensor::backend::Backend>(
 /// Set once cubek's attention has refused a problem: later calls go straight to the blocked
 /// path. A refusal is usually a kernel that does not compile (on the H200, 2026-11-26, cubek
 /// 0.1.1's accelerated tile declared its f32 accumulator fragments with a layout, which NVRTC
-/// rejects; fixed upstream by cubecl PR #1570), and cubecl keeps no record of a failed compile,
-/// so every call would compile it again: 5 s per SD1.5 UNet eval.
+/// rejects; fixed upstream by cubecl PR #1570, and here by the patched cubecl-cpp in
+/// vendor/, not yet run on a GPU), and cubecl keeps no record of a failed compile, so every
+/// call would compile it again: 5 s per SD1.5 UNet eval.
 #[cfg(feature = "cuda")]
 static FLASH_REFUSED: AtomicBool = AtomicBool::new(false);
 
