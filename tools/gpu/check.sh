@@ -74,6 +74,8 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 TOTAL_S=${TOTAL_S:-480}
 PACK_S=${PACK_S:-25}
 END=$((SECONDS + TOTAL_S - PACK_S))
+# Said up front: a small TOTAL_S leaves the later steps a second each (exit 124 in the summary).
+echo "steps: $STEPS; $((TOTAL_S - PACK_S)) s for all of them (TOTAL_S=$TOTAL_S less PACK_S=$PACK_S)" | tee -a "$OUT/gpu.txt"
 cap() { local left=$((END - SECONDS)); [ "$left" -lt 1 ] && left=1; [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
 # step FILE CAP_S COMMAND...: runs COMMAND with its timeout, appends its output and exit code.
 step() {
