@@ -133,28 +133,13 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     }
 }
 
-/// Environment switch for the norms, attention softmax and GEGLU of the SD1.5 models on
-/// burn-cuda: `ddrep` (default: ddrep's own kernels, [`crate::gpu_kernels`], one or two launches
-/// each) or `burn` (burn's element-wise ops and reductions, ~15 launches a group norm: the
-/// path every other backend takes). Read once per process where it is used; an unknown value
-/// is an error when the CLI starts and when a model part loads ([`gpu_ops`]).
-pub const GPU_OPS_ENV: &str = "DDREP_GPU_OPS";
-
-/// Whether [`GPU_OPS_ENV`] asks for ddrep's own kernels (`Ok(true)`, also when unset), burn's
-/// ops (`Ok(false)`), or is not understood (a one-line error naming the variable).
-pub fn gpu_ops() -> Result<bool, String> {
-    match std::env::var(GPU_OPS_ENV).unwrap_or_default().as_str() {
-        "" | "ddrep" => Ok(true),
-        "burn" => Ok(false),
-        v => Err(format!("{GPU_OPS_ENV}={v:?}: expected `ddrep` (the default) or `burn`")),
-    }
-}
-
-/// [`gpu_ops`] read once (an unknown value counts as the default; the CLI refused it already).
+/// Whether `B` runs ddrep's own kernels: burn-cuda, with `layers::GPU_OPS_ENV` read once (an
+/// unknown value counts as the default; the CLI and the model load refuse it already).
 #[cfg(feature = "cuda")]
 fn own_kernels<B: burn::tensor::backend::Backend>() -> bool {
+    use crate::models::sd15::layers::{gpu_ops, GpuOps};
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cube_tensors::<B>() && *ON.get_or_init(|| gpu_ops().unwrap_or(true))
+    cube_tensors::<B>() && *ON.get_or_init(|| gpu_ops().unwrap_or_default() == GpuOps::Ddrep)
 }
 
 /// Set once one of [`crate::gpu_kernels`] has not run (a launch or compile error): burn's ops
@@ -178,7 +163,7 @@ fn own_kernel<B: burn::tensor::backend::Backend, const D: usize, const E: usize>
         Ok(y) => Ok(from_cube(y)),
         Err(refused) => {
             let (x, reason) = *refused;
-            say_once(&OPS_REFUSED, || format!("{GPU_OPS_ENV}=ddrep: the {name} kernel did not run ({}); burn's ops run the norms, softmax and GEGLU from now on in this process", brief_error(&reason)));
+            say_once(&OPS_REFUSED, || format!("{}=ddrep: the {name} kernel did not run ({}); burn's ops run the norms, softmax and GEGLU from now on in this process", crate::models::sd15::layers::GPU_OPS_ENV, brief_error(&reason)));
             Err(from_cube(x))
         }
     }

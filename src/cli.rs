@@ -353,7 +353,7 @@ pub fn run(cli: Cli) -> Result<()> {
     crate::models::sd15::layers::gpu_conv().map_err(|e| anyhow::anyhow!(e))?;
     crate::models::sd15::layers::gpu_attention().map_err(|e| anyhow::anyhow!(e))?;
     crate::models::sd15::layers::gpu_matmul().map_err(|e| anyhow::anyhow!(e))?;
-    crate::backend::gpu_ops().map_err(|e| anyhow::anyhow!(e))?;
+    crate::models::sd15::layers::gpu_ops().map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {
         Command::Sample(a) => sample(&a),
         Command::Decode(a) => decode(&a),

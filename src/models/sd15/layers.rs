@@ -285,6 +285,27 @@ pub fn gpu_attention() -> Result<GpuAttention, String> {
     env_choice(GPU_ATTENTION_ENV, &[("blocked", GpuAttention::Blocked), ("flash", GpuAttention::Flash)])
 }
 
+/// Environment switch for the norms, attention softmax and GEGLU of the SD1.5 models on
+/// burn-cuda: `ddrep` (default: ddrep's own kernels, `crate::gpu_kernels`, one or two launches
+/// each) or `burn` (burn's element-wise ops and reductions, ~15 launches a group norm: the
+/// path every other backend takes). Read once per process where it is used; an unknown value
+/// is an error when the CLI starts and from `Loader::finish`, like [`GPU_CONV_ENV`].
+pub const GPU_OPS_ENV: &str = "DDREP_GPU_OPS";
+
+/// Who runs the norms, softmax and GEGLU on GPU backends; see [`GPU_OPS_ENV`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuOps {
+    #[default]
+    Ddrep,
+    Burn,
+}
+
+/// The value of [`GPU_OPS_ENV`], or an error naming the variable for anything but `ddrep`,
+/// `burn` or unset.
+pub fn gpu_ops() -> Result<GpuOps, String> {
+    env_choice(GPU_OPS_ENV, &[("ddrep", GpuOps::Ddrep), ("burn", GpuOps::Burn)])
+}
+
 impl<B: Backend> Conv2d<B> {
     pub fn load(
         ld: &mut Loader<B>,
@@ -737,25 +758,23 @@ fn blocked_attention_within<B: Backend>(
         // On burn-cuda, one softmax kernel (f32 inside, probabilities rounded once) instead of
         // the seven launches below.
         #[cfg(feature = "cuda")]
-        {
-            scores = match crate::backend::cuda_softmax(scores) {
-                Ok(p) => {
-                    outs.push(matmul(p, v.clone(), kernel));
-                    start += len;
-                    continue;
+        let softmax = crate::backend::cuda_softmax(scores);
+        #[cfg(not(feature = "cuda"))]
+        let softmax: Result<Tensor<B, 4>, Tensor<B, 4>> = Err(scores);
+        let out = match softmax {
+            Ok(p) => matmul(p, v.clone(), kernel),
+            Err(scores) => {
+                // exp(s - max) in (0, 1] stays in the working precision. In half precision its
+                // row sums (up to L = 4096 terms, which an f16 accumulator would stall on) and
+                // the division run in f32, as PyTorch's attention accumulates.
+                let exps = (scores.clone() - reduce_last(scores, RowReduce::Max)).exp();
+                let to_f32 = |t: Tensor<B, 4>| if half.is_some() { t.cast(FloatDType::F32) } else { t };
+                let out = to_f32(matmul(exps.clone(), v.clone(), kernel)) / reduce_last(to_f32(exps), RowReduce::Sum);
+                match half {
+                    Some(h) => out.cast(h),
+                    None => out,
                 }
-                Err(s) => s,
-            };
-        }
-        // exp(s - max) in (0, 1] stays in the working precision. In half precision its row
-        // sums (up to L = 4096 terms, which an f16 accumulator would stall on) and the division
-        // run in f32, as PyTorch's attention accumulates.
-        let exps = (scores.clone() - reduce_last(scores, RowReduce::Max)).exp();
-        let to_f32 = |t: Tensor<B, 4>| if half.is_some() { t.cast(FloatDType::F32) } else { t };
-        let out = to_f32(matmul(exps.clone(), v.clone(), kernel)) / reduce_last(to_f32(exps), RowReduce::Sum);
-        let out = match half {
-            Some(h) => out.cast(h),
-            None => out,
+            }
         };
         outs.push(out);
         start += len;

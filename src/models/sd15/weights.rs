@@ -248,12 +248,9 @@ impl<B: Backend> Loader<B> {
     /// Ends loading: one error listing every missing, mis-shaped or mistyped tensor (and, when
     /// `strict`, every extra one), or Ok.
     pub fn finish(self, strict: bool) -> Result<()> {
-        if let Some(e) = [self.gpu_conv.as_ref().err(), self.gpu_attention.as_ref().err(), self.gpu_matmul.as_ref().err()].into_iter().flatten().next() {
-            bail!("{e}");
-        }
-        // DDREP_GPU_OPS is read once per process where it is used; an unknown value fails
-        // here too, like the switches above.
-        if let Err(e) = crate::backend::gpu_ops() {
+        // DDREP_GPU_OPS is read once per process where it is used, not kept per part.
+        let gpu_ops = super::layers::gpu_ops().err();
+        if let Some(e) = [self.gpu_conv.as_ref().err(), self.gpu_attention.as_ref().err(), self.gpu_matmul.as_ref().err(), gpu_ops.as_ref()].into_iter().flatten().next() {
             bail!("{e}");
         }
         let mut problems = self.problems.clone();
