@@ -289,7 +289,7 @@ pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     use cubek::matmul::launch::{MatmulInputHandleRef, Strategy};
     use cubek::matmul::routines::{double_buffering::DoubleBufferingArgs, ordered_double_buffering::OrderedSelectionArgs, simple::SimpleArgs, BlueprintStrategy};
     let strategy = match kernel {
-        GpuMatmul::Auto => None,
+        GpuMatmul::Auto | GpuMatmul::Cublas => None,
         GpuMatmul::SimpleMma => Some(Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: false }))),
         GpuMatmul::MultiRows => Some(Strategy::SimpleCyclicCmma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: true }))),
         GpuMatmul::MmaMultiRows => Some(Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(SimpleArgs { multi_rows: true }))),
@@ -322,6 +322,53 @@ pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
         Err(e) => {
             say_once(&MATMUL_REFUSED, || format!("DDREP_GPU_MATMUL={}: cubek refused a matmul of {:?} x {:?} ({}); burn's matmul runs from now on in this process", kernel.name(), lhs.shape.dims, rhs.shape.dims, brief_error(&format!("{e:?}"))));
             Err(inputs)
+        }
+    }
+}
+
+/// `a @ b` (batch dims broadcast) by cuBLAS ([`crate::cublas::matmul`]) for
+/// `DDREP_GPU_MATMUL=cublas`. `Err` hands the inputs back, for burn's matmul, when `B` is not
+/// burn-cuda or cuBLAS did not take the problem (said once on stderr; when cuBLAS itself is
+/// missing, every later call goes straight to burn's matmul).
+#[cfg(feature = "cuda")]
+#[allow(clippy::type_complexity)]
+pub fn cuda_cublas_matmul<B: burn::tensor::backend::Backend, const D: usize>(
+    a: burn::tensor::Tensor<B, D>,
+    b: burn::tensor::Tensor<B, D>,
+) -> Result<burn::tensor::Tensor<B, D>, (burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>)> {
+    if !cube_tensors::<B>() || crate::cublas::unavailable() {
+        return Err((a, b));
+    }
+    crate::cublas::matmul(to_cube(a), to_cube(b)).map(from_cube).map_err(|refused| {
+        let ((a, b), reason) = *refused;
+        static SAID: AtomicBool = AtomicBool::new(false);
+        say_once(&SAID, || format!("DDREP_GPU_MATMUL=cublas: cuBLAS did not run a matmul of {:?} x {:?} ({reason}); burn's matmul runs such matmuls", a.shape.dims, b.shape.dims));
+        (from_cube(a), from_cube(b))
+    })
+}
+
+/// `x` convolved with `w` plus `b` by cuBLAS ([`crate::cublas::conv2d`], the output in NHWC
+/// memory viewed as NCHW) for `DDREP_GPU_CONV=cublas`; `Err` hands `x` back as
+/// [`cuda_cublas_matmul`] does.
+#[cfg(feature = "cuda")]
+pub fn cuda_cublas_conv2d<B: burn::tensor::backend::Backend>(
+    x: burn::tensor::Tensor<B, 4>,
+    w: &burn::tensor::Tensor<B, 4>,
+    b: &burn::tensor::Tensor<B, 1>,
+    stride: usize,
+    padding: usize,
+) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
+    if !cube_tensors::<B>() || crate::cublas::unavailable() {
+        return Err(x);
+    }
+    let o = w.dims()[0];
+    match crate::cublas::conv2d(to_cube(x), &to_cube(w.clone()), stride, padding) {
+        Ok(y) => Ok(from_cube::<B, 4>(y) + b.clone().reshape([1, o, 1, 1])),
+        Err(refused) => {
+            let (x, reason) = *refused;
+            static SAID: AtomicBool = AtomicBool::new(false);
+            say_once(&SAID, || format!("DDREP_GPU_CONV=cublas: cuBLAS did not run a conv of input {:?} ({reason}); such convs run the implicit-gemm kernel", x.shape.dims));
+            Err(from_cube(x))
         }
     }
 }

@@ -375,6 +375,9 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
             notes.push(format!("{name}: first ddrep eval {:.2} s (compiles and autotunes the kernels this process had not yet run)", ours.first_s));
         }
     }
+    if a.device != "cpu" {
+        notes.push(format!("GPU kernels: {}", crate::models::sd15::layers::gpu_switches()));
+    }
     println!();
     for n in notes {
         println!("{n}");

@@ -289,6 +289,47 @@ fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype
     out[ABSOLUTE_POS] = F::cast_from(value * gelu);
 }
 
+/// Rows `row0..row0 + out.shape(0)` of the im2col matrix of `x` (`[N, C, H, W]`, any strides)
+/// for a square `k`x`k` convolution: row `(n, oy, ox)` of an `out_h` x `out_w` output holds
+/// the `k * k * C` inputs under the kernel at that output pixel, ordered `(ky, kx, c)` (channel
+/// fastest, the order of a channels-last weight), zero where the kernel lies over the padding.
+/// One unit per element of `out`, a contiguous `[rows, k * k * C]`.
+#[cube(launch_unchecked)]
+fn im2col_rows<F: Float>(
+    x: &Tensor<F>,
+    out: &mut Tensor<F>,
+    row0: u32,
+    out_h: u32,
+    out_w: u32,
+    stride: u32,
+    padding: u32,
+    #[comptime] k: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let channels = x.shape(1);
+    let cols = out.shape(1);
+    let row = ABSOLUTE_POS / cols + row0 as usize;
+    let col = ABSOLUTE_POS % cols;
+    let c = col % channels;
+    let tap = col / channels;
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    let ox = row % ow;
+    let oy = (row / ow) % oh;
+    let n = row / (ow * oh);
+    // Positions in the padded input; the border is `padding` wide on each side.
+    let py = oy * stride as usize + tap / k;
+    let px = ox * stride as usize + tap % k;
+    let pad = padding as usize;
+    let mut v = F::new(0.0);
+    if py >= pad && px >= pad && py < x.shape(2) + pad && px < x.shape(3) + pad {
+        v = x[n * x.stride(0) + c * x.stride(1) + (py - pad) * x.stride(2) + (px - pad) * x.stride(3)];
+    }
+    out[ABSOLUTE_POS] = v;
+}
+
 /// A kernel's output, or its input handed back with the reason it did not run (a dtype the
 /// kernels do not take, or the runtime's launch error, e.g. a compiler's): the caller runs
 /// burn's ops instead. Boxed: the rare path need not make every result large.
@@ -494,4 +535,58 @@ pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
         )
     };
     launched(launch, out, h)
+}
+
+/// The geometry of a square convolution for [`im2col_into`]: kernel size, stride, padding on
+/// every side, and the output's height and width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Im2col {
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+/// Writes rows `row0..row0 + out.shape[0]` of the im2col matrix of `x` (`[N, C, H, W]`, any
+/// strides) into `out`, a contiguous `[rows, k * k * C]` tensor of `x`'s dtype: row
+/// `(n, oy, ox)`, columns ordered `(ky, kx, c)` ([`im2col_rows`]). A convolution is then one GEMM
+/// of these rows with the channels-last weight `[O, k * k * C]`, transposed; the rows can be
+/// written a chunk at a time to bound the scratch memory. `Err` says why it did not run.
+pub fn im2col_into<R: CubeRuntime>(x: &CubeTensor<R>, out: &CubeTensor<R>, geometry: Im2col, row0: usize) -> Result<(), String> {
+    let dtype: StorageType = match x.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => x.dtype.into(),
+        d => return Err(format!("dtype {d:?}")),
+    };
+    let [n, c, _, _] = <[usize; 4]>::try_from(x.shape.dims.as_slice()).map_err(|_| format!("input of shape {:?}", x.shape.dims))?;
+    let Im2col { k, stride, padding, out_h, out_w } = geometry;
+    let rows = out.shape.dims[0];
+    if out.dtype != x.dtype || out.shape.dims != [rows, k * k * c] || !out.is_contiguous() || row0 + rows > n * out_h * out_w {
+        return Err(format!("im2col rows {row0}..{} of {:?} into {:?} {:?}", row0 + rows, x.shape.dims, out.shape.dims, out.dtype));
+    }
+    let elems = out.shape.num_elements();
+    if elems == 0 {
+        return Ok(());
+    }
+    let client = x.client.clone();
+    let dim = CubeDim::new_1d(UNITS);
+    // Safety: units past `out`'s end return first; every input index is inside `x` (checked
+    // against its shape), every output index inside `out`.
+    unsafe {
+        im2col_rows::launch_unchecked(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, elems, dim),
+            dim,
+            x.as_tensor_arg(1),
+            out.as_tensor_arg(1),
+            ScalarArg::new(row0 as u32),
+            ScalarArg::new(out_h as u32),
+            ScalarArg::new(out_w as u32),
+            ScalarArg::new(stride as u32),
+            ScalarArg::new(padding as u32),
+            k,
+            dtype,
+        )
+    }
+    .map_err(|e| format!("{e:?}"))
 }

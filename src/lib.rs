@@ -4,6 +4,7 @@
 //! Notation follows `ALGORITHM.md`: VE variable `x~ = x0 + sigma eps`, denoiser `D(x~)`.
 
 pub mod backend;
+pub mod cublas;
 #[cfg(feature = "cuda")]
 pub mod gpu_kernels;
 pub mod diffrep;

@@ -12,6 +12,8 @@
 #            kernels (-mma, -async, -async-mma, -tma, -tma-mma);
 #   matmuls  the same with each of DDREP_GPU_MATMUL's routines other than `auto` (MATMULS
 #            picks some);
+#   cublas   DDREP_GPU_MATMUL=cublas and DDREP_GPU_CONV=cublas (src/cublas.rs): parity in f16,
+#            f32 and bf16, bench f16 beside diffusers, bench with each switch alone, profile;
 #   ops      bench f16 (no diffusers) with DDREP_GPU_OPS=burn: burn's op chains for the norms,
 #            softmax and GEGLU instead of ddrep's kernels (src/gpu_kernels.rs), then its profile;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
@@ -32,7 +34,7 @@
 # (gpu, bench, parity, profile, variants, dmon .txt; autotune, ptx .tar.xz).
 set -u
 OUT=${OUT:-gpu-out}
-STEPS=${STEPS:-bench parity ops profile fusion convs matmuls kernels dparity sample autotune}
+STEPS=${STEPS:-bench parity cublas ops profile fusion convs matmuls kernels dparity sample autotune}
 mkdir -p "$OUT"
 unpack() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 B=/tmp/ddrep-cuda
@@ -42,10 +44,11 @@ unpack .gpu/ddrep.xz "$B" || { echo "cannot unpack .gpu/ddrep.xz (run tools/gpu/
 [ -f .gpu/ddrep-autotune.xz ] && unpack .gpu/ddrep-autotune.xz "$BA"
 [ -f .gpu/ddrep-fusion.xz ] && unpack .gpu/ddrep-fusion.xz "$BF"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
-# cudarc opens the driver and NVRTC by name at run time. NVRTC may live only in PyTorch's
-# wheels (nvidia/cu13/lib) or the toolkit's lib64; put every folder that holds it on the path.
-# (Not the toolkit's stubs/ folder: its libcuda.so is a stub that would shadow the driver.)
-for d in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u); do
+# cudarc opens the driver, NVRTC and cuBLAS by name at run time. NVRTC and cuBLAS may live
+# only in PyTorch's wheels (nvidia/cu13/lib) or the toolkit's lib64; put every folder that holds
+# them on the path. (Not the toolkit's stubs/ folder: its libcuda.so is a stub that would
+# shadow the driver.)
+for d in $(find /usr/local /opt /usr/lib \( -name 'libnvrtc.so*' -o -name 'libcublas.so*' \) -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u); do
     export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$PWD/.gpu/lib"
@@ -143,6 +146,16 @@ for s in $STEPS; do
             --precision f16 --prompt "a red bicycle" --cfg 3 --steps 3 --solver-steps 20 --width 32 --depth 1 --embedding 16 \
             --out /tmp/ddrep-gpu-sample
         python3 -c 'import json; r = json.load(open("/tmp/ddrep-gpu-sample/record.json")); print("record:", r["model"], "nfe", r["nfe"], "precision", r["model_config"]["precision"], "seconds", r["seconds"])' >> "$OUT/parity.txt" 2>&1 ;;
+    cublas)
+        # cuBLAS GEMMs: parity first (a wrong layout shows there), then the ratio to diffusers,
+        # then each switch alone (which GEMMs gain), then where the time goes.
+        for p in f16 f32 bf16; do
+            DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas step parity.txt 60 "$B" parity --device cuda --precision "$p"
+        done
+        DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas step bench.txt 120 "$B" $BENCH --precision f16
+        DDREP_GPU_MATMUL=cublas step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        DDREP_GPU_CONV=cublas step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas profile "$B" ;;
     ops)
         DDREP_GPU_OPS=burn step variants.txt 100 "$B" ${BENCH/python3/\/nonexistent} --precision f16
         DDREP_GPU_OPS=burn profile "$B" ;;

@@ -116,7 +116,10 @@ const GEMM_MAX_PIXELS: usize = 32 * 32;
 /// `-tma`, `-tma-mma`: the tensor-memory accelerator, Hopper on), `native` (burn's conv2d:
 /// burn-cubecl's direct kernel in `cuda` builds, autotuned in `cuda-autotune` builds) or
 /// `im2col` (every stride-1 "same" conv as im2col + one matmul on the tensor cores, f32
-/// accumulation; more memory). The default is the fastest measured: an SD1.5 UNet eval in f16
+/// accumulation; more memory) or `cublas` (cuBLAS GEMMs, `crate::cublas::conv2d`: 1x1 convs as
+/// one GEMM over the pixels as they lie, the others as ddrep's im2col kernel in chunks of at
+/// most 256 MB and one GEMM each, f32 accumulation, NHWC output; where cuBLAS does not run,
+/// said once, the default kernel; not yet run on a GPU). The default is the fastest measured: an SD1.5 UNet eval in f16
 /// on the lent H200 (2026-11-26, `cuda` build) took 0.087 s with `implicit-gemm`, 0.137 s with
 /// `im2col` and 0.330 s with `native`; the siblings 0.081-0.089 s, within noise (the two
 /// `-mma` ones refused by NVRTC at [2, 1280, 8, 8]). A sibling that
@@ -137,12 +140,13 @@ pub enum GpuConv {
     ImplicitGemmTmaMma,
     Native,
     Im2col,
+    Cublas,
 }
 
 impl GpuConv {
     /// Whether this is one of the implicit-GEMM kernels (called by ddrep, not by burn's conv2d).
     pub fn is_implicit_gemm(self) -> bool {
-        !matches!(self, GpuConv::Native | GpuConv::Im2col)
+        !matches!(self, GpuConv::Native | GpuConv::Im2col | GpuConv::Cublas)
     }
 
     /// The value of [`GPU_CONV_ENV`] that selects this.
@@ -152,7 +156,7 @@ impl GpuConv {
 }
 
 /// The names of [`GpuConv`]'s values, as [`GPU_CONV_ENV`] takes them.
-const GPU_CONV_NAMES: [(&str, GpuConv); 8] = [
+const GPU_CONV_NAMES: [(&str, GpuConv); 9] = [
     ("implicit-gemm", GpuConv::ImplicitGemm),
     ("implicit-gemm-mma", GpuConv::ImplicitGemmMma),
     ("implicit-gemm-async", GpuConv::ImplicitGemmAsync),
@@ -161,6 +165,7 @@ const GPU_CONV_NAMES: [(&str, GpuConv); 8] = [
     ("implicit-gemm-tma-mma", GpuConv::ImplicitGemmTmaMma),
     ("native", GpuConv::Native),
     ("im2col", GpuConv::Im2col),
+    ("cublas", GpuConv::Cublas),
 ];
 
 /// The value of [`GPU_CONV_ENV`], or an error naming the variable and the known values.
@@ -176,7 +181,10 @@ pub fn gpu_conv() -> Result<GpuConv, String> {
 /// autotune run on the H200 it beat `auto` 1.3-2x on every shape with 4096 rows or more),
 /// `double`, `double-mma`
 /// (double buffering), `ordered-double` (ordered double buffering, 8 rows), `specialized-tma-mma`
-/// (warp-specialised loads through the tensor-memory accelerator). On the H200 (2026-11-26)
+/// (warp-specialised loads through the tensor-memory accelerator), or `cublas` (cuBLAS's
+/// strided-batched GEMM, `crate::cublas::matmul`, f32 accumulation as PyTorch's; reads
+/// transposed and head-split views as they lie; where it does not run, said once, burn's
+/// matmul; not yet run on a GPU). On the H200 (2026-11-26)
 /// `simple-mma` was within noise of `auto`, `specialized-tma-mma` was refused, and the three
 /// double-buffered routines gave non-finite UNet outputs (wrong results, which `ddrep bench`
 /// and the samplers stop on; not refusals), so they stay opt-in for experiments.
@@ -196,10 +204,11 @@ pub enum GpuMatmul {
     DoubleMma,
     OrderedDouble,
     SpecializedTmaMma,
+    Cublas,
 }
 
 /// The names of [`GpuMatmul`]'s values, as [`GPU_MATMUL_ENV`] takes them.
-const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 8] = [
+const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 9] = [
     ("auto", GpuMatmul::Auto),
     ("simple-mma", GpuMatmul::SimpleMma),
     ("multi-rows", GpuMatmul::MultiRows),
@@ -208,6 +217,7 @@ const GPU_MATMUL_NAMES: [(&str, GpuMatmul); 8] = [
     ("double-mma", GpuMatmul::DoubleMma),
     ("ordered-double", GpuMatmul::OrderedDouble),
     ("specialized-tma-mma", GpuMatmul::SpecializedTmaMma),
+    ("cublas", GpuMatmul::Cublas),
 ];
 
 impl GpuMatmul {
@@ -225,6 +235,13 @@ pub fn gpu_matmul() -> Result<GpuMatmul, String> {
 /// `a @ b` (batch dims broadcast, as burn's matmul), by the routine `kernel` names on burn-cuda
 /// and by burn's matmul everywhere else.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kernel: GpuMatmul) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if kernel == GpuMatmul::Cublas {
+        return match crate::backend::cuda_cublas_matmul(a, b) {
+            Ok(y) => y,
+            Err((a, b)) => a.matmul(b),
+        };
+    }
     #[cfg(feature = "cuda")]
     if kernel != GpuMatmul::Auto {
         return match crate::backend::cuda_matmul(a, b, kernel) {
@@ -306,6 +323,25 @@ pub fn gpu_ops() -> Result<GpuOps, String> {
     env_choice(GPU_OPS_ENV, &[("ddrep", GpuOps::Ddrep), ("burn", GpuOps::Burn)])
 }
 
+/// The GPU kernel switches as this process reads them (defaults included), `VAR=value` each,
+/// for reports such as `ddrep bench unet`'s; an unknown value shows as `?` (loading a model
+/// refuses it).
+pub fn gpu_switches() -> String {
+    let conv = gpu_conv().map_or("?", GpuConv::name);
+    let matmul = gpu_matmul().map_or("?", GpuMatmul::name);
+    let attention = match gpu_attention() {
+        Ok(GpuAttention::Blocked) => "blocked",
+        Ok(GpuAttention::Flash) => "flash",
+        Err(_) => "?",
+    };
+    let ops = match gpu_ops() {
+        Ok(GpuOps::Ddrep) => "ddrep",
+        Ok(GpuOps::Burn) => "burn",
+        Err(_) => "?",
+    };
+    format!("{GPU_CONV_ENV}={conv} {GPU_MATMUL_ENV}={matmul} {GPU_ATTENTION_ENV}={attention} {GPU_OPS_ENV}={ops}")
+}
+
 impl<B: Backend> Conv2d<B> {
     pub fn load(
         ld: &mut Loader<B>,
@@ -319,10 +355,11 @@ impl<B: Backend> Conv2d<B> {
         let w = ld.tensor(&format!("{prefix}.weight"), [out, inp, k, k]);
         let b = ld.tensor(&format!("{prefix}.bias"), [out]);
         let kernel = ld.gpu_conv();
-        // cubek's implicit-GEMM kernels read weights channels-last and copy any other layout
-        // at every call; on burn-cuda the weight is stored that way once, here.
+        // cubek's implicit-GEMM kernels and the cuBLAS convs read weights channels-last and
+        // copy any other layout at every call; on burn-cuda the weight is stored that way
+        // once, here.
         #[cfg(feature = "cuda")]
-        let w = if kernel.is_implicit_gemm() && k > 1 { crate::backend::channels_last(w) } else { w };
+        let w = if (kernel.is_implicit_gemm() || kernel == GpuConv::Cublas) && k > 1 { crate::backend::channels_last(w) } else { w };
         Self {
             p: Params::new(w, Some(b), ld.device()),
             dims: [out, inp, k],
@@ -456,9 +493,19 @@ impl<B: Backend> Conv2d<B> {
             return y.reshape([n, o, h, wd]);
         }
         let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        // cuBLAS, and where it does not run, the default implicit-GEMM kernel.
         #[cfg(feature = "cuda")]
-        let x = if self.kernel.is_implicit_gemm() {
-            match crate::backend::cuda_conv2d_implicit_gemm(x, w, b, opts.clone(), self.kernel) {
+        let (x, kernel) = if self.kernel == GpuConv::Cublas {
+            match crate::backend::cuda_cublas_conv2d(x, w, b, self.stride, self.padding) {
+                Ok(y) => return y,
+                Err(x) => (x, GpuConv::ImplicitGemm),
+            }
+        } else {
+            (x, self.kernel)
+        };
+        #[cfg(feature = "cuda")]
+        let x = if kernel.is_implicit_gemm() {
+            match crate::backend::cuda_conv2d_implicit_gemm(x, w, b, opts.clone(), kernel) {
                 Ok(y) => return y,
                 Err(x) => x,
             }

@@ -1,5 +1,5 @@
 //! Runs ddrep's own cubecl kernels (`ddrep::gpu_kernels`: group norm with and without SiLU,
-//! NCHW and channels-last; layer norm; softmax; GEGLU) on burn's wgpu backend and compares each
+//! NCHW and channels-last; layer norm; softmax; GEGLU; im2col) on burn's wgpu backend and compares each
 //! output with its f64 definition, computed from the inputs as rounded to the kernel's dtype.
 //! Prints one line per case and exits 1 if any is outside its tolerance.
 //!
@@ -129,6 +129,45 @@ fn geglu(ck: &mut Check, rows: usize, inner: usize) {
     ck.report(format!("geglu [{rows},{inner}]"), &got, &want, 1.0);
 }
 
+/// im2col of an NCHW or channels-last input, written in chunks of `chunk` rows into one
+/// scratch buffer and read back after each chunk, against the definition (exact: a copy).
+fn im2col(ck: &mut Check, [n, c, h, w]: [usize; 4], k: usize, stride: usize, padding: usize, channels_last: bool, chunk: usize) {
+    let xv = data(n * c * h * w, 9);
+    let mut x = ck.input(&xv, [n, c, h, w]);
+    if channels_last {
+        let t = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x)).permute([0, 2, 3, 1]);
+        let t = burn_cubecl::kernel::into_contiguous(t.into_primitive().tensor());
+        x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)).permute([0, 3, 1, 2]).into_primitive().tensor();
+    }
+    let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (w + 2 * padding - k) / stride + 1);
+    let geometry = ddrep::gpu_kernels::Im2col { k, stride, padding, out_h: oh, out_w: ow };
+    let (rows, cols) = (n * oh * ow, k * k * c);
+    let mut got = Vec::with_capacity(rows * cols);
+    for row0 in (0..rows).step_by(chunk) {
+        let len = chunk.min(rows - row0);
+        let out = ck.input(&vec![f32::NAN; len * cols], [len, cols]);
+        ddrep::gpu_kernels::im2col_into(&x, &out, geometry, row0).expect("im2col launches");
+        got.extend(ck.output::<2>(out));
+    }
+    let mut want = Vec::with_capacity(rows * cols);
+    for ni in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        for ci in 0..c {
+                            let (py, px) = ((oy * stride + ky) as isize - padding as isize, (ox * stride + kx) as isize - padding as isize);
+                            let inside = py >= 0 && px >= 0 && (py as usize) < h && (px as usize) < w;
+                            want.push(if inside { ck.exact(xv[((ni * c + ci) * h + py as usize) * w + px as usize]) } else { 0.0 });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ck.report(format!("im2col [{n},{c},{h},{w}] k {k} stride {stride} padding {padding} channels_last {channels_last} chunk {chunk}"), &got, &want, 1.0);
+}
+
 /// erf by Simpson's rule on `2 / sqrt(pi) exp(-t^2)` (4000 intervals: error far below f32's).
 fn erf(x: f64) -> f64 {
     let n = 4000;
@@ -168,6 +207,14 @@ fn main() {
         }
         for (rows, inner) in [(7, 10), (300, 1280)] {
             geglu(&mut ck, rows, inner);
+        }
+        // SD1.5's convs: 3x3 "same" and the stride-2 downsampler; 1x1; chunks that split an
+        // image and leave a short last chunk.
+        for channels_last in [false, true] {
+            im2col(&mut ck, [2, 5, 7, 6], 3, 1, 1, channels_last, 1000);
+            im2col(&mut ck, [2, 5, 7, 6], 3, 1, 1, channels_last, 17);
+            im2col(&mut ck, [1, 8, 9, 8], 3, 2, 1, channels_last, 1000);
+            im2col(&mut ck, [2, 3, 4, 5], 1, 1, 0, channels_last, 7);
         }
         failures += ck.failures;
     }
