@@ -314,11 +314,19 @@ mod gpu {
     fn with_handle<T>(f: impl FnOnce(cublasHandle_t) -> Result<T, String>) -> Result<T, String> {
         let mut slot = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
         let handle = slot.get_or_insert_with(|| {
-            // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
-            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                return Err("libcublas was not found: put the folder that holds libcublas.so (the CUDA toolkit's lib64, or PyTorch's nvidia/cu*/lib) on LD_LIBRARY_PATH".to_string());
-            }
-            cudarc::cublas::result::create_handle().map(Handle).map_err(|e| format!("cublasCreate: {e}"))
+            // cudarc panics where a library lacks a symbol of the CUDA version it was built
+            // for (here 13.0, tools/gpu/prepare.sh): caught, that is one more reason to say.
+            let made = std::panic::catch_unwind(|| {
+                // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err("libcublas was not found: put the folder that holds libcublas.so (the CUDA toolkit's lib64, or PyTorch's nvidia/cu*/lib) on LD_LIBRARY_PATH".to_string());
+                }
+                cudarc::cublas::result::create_handle().map(Handle).map_err(|e| format!("cublasCreate: {e}"))
+            });
+            made.unwrap_or_else(|panic| {
+                let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(format!("cuBLAS could not be loaded ({})", why.unwrap_or_default()))
+            })
         });
         match handle {
             Ok(h) => f(h.0),
