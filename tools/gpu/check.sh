@@ -14,6 +14,10 @@
 #            picks some);
 #   cublas   DDREP_GPU_MATMUL=cublas and DDREP_GPU_CONV=cublas (src/cublas.rs): parity in f16,
 #            f32 and bf16, bench f16 beside diffusers, bench with each switch alone, profile;
+#   nsys     with Nsight Systems (when the machine has `nsys`): two SD1.5 f16 evals with the GEMM
+#            switches as set (e.g. DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas), its summary
+#            of GPU time per kernel (cuBLAS's too, which cubecl's profiler does not see) and of
+#            CUDA API time on the host, into profile.txt;
 #   ops      bench f16 (no diffusers) with DDREP_GPU_OPS=burn: burn's op chains for the norms,
 #            softmax and GEGLU instead of ddrep's kernels (src/gpu_kernels.rs), then its profile;
 #   profile  one SD1.5-size UNet eval (f16) under cubecl's kernel profiler: time per kernel;
@@ -153,9 +157,21 @@ for s in $STEPS; do
             DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas step parity.txt 60 "$B" parity --device cuda --precision "$p"
         done
         DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas step bench.txt 120 "$B" $BENCH --precision f16
-        DDREP_GPU_MATMUL=cublas step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
-        DDREP_GPU_CONV=cublas step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=implicit-gemm step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
+        DDREP_GPU_CONV=cublas DDREP_GPU_MATMUL=auto step variants.txt 60 "$B" ${BENCH/python3/\/nonexistent} --precision f16
         DDREP_GPU_MATMUL=cublas DDREP_GPU_CONV=cublas profile "$B" ;;
+    nsys)
+        NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+        if [ -n "$NSYS" ]; then
+            rm -f /tmp/ddrep-nsys.*
+            step profile.txt 150 "$NSYS" profile --trace=cuda --sample=none --cpuctxsw=none -o /tmp/ddrep-nsys -f true \
+                "$B" bench unet --full-only --device cuda --precision f16 --warmup 2 --evals 1 --full-evals 2 --python /nonexistent
+            for r in cuda_gpu_kern_sum cuda_api_sum; do
+                timeout "$(cap 60)" "$NSYS" stats --report "$r" --format table /tmp/ddrep-nsys.nsys-rep 2>&1 | cut -c1-220 | head -45 >> "$OUT/profile.txt"
+            done
+        else
+            echo "no nsys on this machine: nsys skipped" | tee -a "$OUT/profile.txt"
+        fi ;;
     ops)
         DDREP_GPU_OPS=burn step variants.txt 100 "$B" ${BENCH/python3/\/nonexistent} --precision f16
         DDREP_GPU_OPS=burn profile "$B" ;;
