@@ -293,7 +293,10 @@ fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype
 /// for a square `k`x`k` convolution: row `(n, oy, ox)` of an `out_h` x `out_w` output holds
 /// the `k * k * C` inputs under the kernel at that output pixel, ordered `(ky, kx, c)` (channel
 /// fastest, the order of a channels-last weight), zero where the kernel lies over the padding.
-/// One unit per element of `out`, a contiguous `[rows, k * k * C]`.
+/// One cube per row: the row's position is worked out once, then the taps (unrolled) and the
+/// channels (one per unit, so neighbouring units read neighbouring memory of a channels-last
+/// input and write neighbouring columns), with no division per element. `out` is a
+/// contiguous `[rows, k * k * C]`.
 #[cube(launch_unchecked)]
 fn im2col_rows<F: Float>(
     x: &Tensor<F>,
@@ -306,28 +309,37 @@ fn im2col_rows<F: Float>(
     #[comptime] k: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    if ABSOLUTE_POS >= out.len() {
+    if CUBE_POS >= out.shape(0) {
         terminate!();
     }
     let channels = x.shape(1);
-    let cols = out.shape(1);
-    let row = ABSOLUTE_POS / cols + row0 as usize;
-    let col = ABSOLUTE_POS % cols;
-    let c = col % channels;
-    let tap = col / channels;
+    let row = CUBE_POS + row0 as usize;
     let (ow, oh) = (out_w as usize, out_h as usize);
     let ox = row % ow;
     let oy = (row / ow) % oh;
     let n = row / (ow * oh);
     // Positions in the padded input; the border is `padding` wide on each side.
-    let py = oy * stride as usize + tap / k;
-    let px = ox * stride as usize + tap % k;
     let pad = padding as usize;
-    let mut v = F::new(0.0);
-    if py >= pad && px >= pad && py < x.shape(2) + pad && px < x.shape(3) + pad {
-        v = x[n * x.stride(0) + c * x.stride(1) + (py - pad) * x.stride(2) + (px - pad) * x.stride(3)];
+    let (y0, x0) = (oy * stride as usize, ox * stride as usize);
+    let (h, w) = (x.shape(2) + pad, x.shape(3) + pad);
+    let out_row = CUBE_POS * out.shape(1);
+    #[unroll]
+    for tap in 0..k * k {
+        let (py, px) = (y0 + tap / k, x0 + tap % k);
+        let inside = py >= pad && px >= pad && py < h && px < w;
+        // Read only where `inside`; elsewhere the (wrapped) offset is never used.
+        let src = n * x.stride(0) + (py - pad) * x.stride(2) + (px - pad) * x.stride(3);
+        let dst = out_row + tap * channels;
+        let mut c = UNIT_POS as usize;
+        while c < channels {
+            let mut v = F::new(0.0);
+            if inside {
+                v = x[src + c * x.stride(1)];
+            }
+            out[dst + c] = v;
+            c += CUBE_DIM as usize;
+        }
     }
-    out[ABSOLUTE_POS] = v;
 }
 
 /// A kernel's output, or its input handed back with the reason it did not run (a dtype the
@@ -564,18 +576,18 @@ pub fn im2col_into<R: CubeRuntime>(x: &CubeTensor<R>, out: &CubeTensor<R>, geome
     if out.dtype != x.dtype || out.shape.dims != [rows, k * k * c] || !out.is_contiguous() || row0 + rows > n * out_h * out_w {
         return Err(format!("im2col rows {row0}..{} of {:?} into {:?} {:?}", row0 + rows, x.shape.dims, out.shape.dims, out.dtype));
     }
-    let elems = out.shape.num_elements();
-    if elems == 0 {
+    if out.shape.num_elements() == 0 {
         return Ok(());
     }
     let client = x.client.clone();
-    let dim = CubeDim::new_1d(UNITS);
-    // Safety: units past `out`'s end return first; every input index is inside `x` (checked
+    // One unit per channel up to a cube of UNITS; at least a warp.
+    let dim = CubeDim::new_1d((c.next_power_of_two() as u32).clamp(32, UNITS));
+    // Safety: cubes past `out`'s rows return first; every input index is inside `x` (checked
     // against its shape), every output index inside `out`.
     unsafe {
         im2col_rows::launch_unchecked(
             &client,
-            cubecl::calculate_cube_count_elemwise(&client, elems, dim),
+            cube_count(out, rows),
             dim,
             x.as_tensor_arg(1),
             out.as_tensor_arg(1),

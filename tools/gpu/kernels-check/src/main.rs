@@ -215,6 +215,8 @@ fn main() {
             im2col(&mut ck, [2, 5, 7, 6], 3, 1, 1, channels_last, 17);
             im2col(&mut ck, [1, 8, 9, 8], 3, 2, 1, channels_last, 1000);
             im2col(&mut ck, [2, 3, 4, 5], 1, 1, 0, channels_last, 7);
+            // More channels than units in a cube (256): each unit takes several.
+            im2col(&mut ck, [1, 300, 3, 4], 3, 1, 1, channels_last, 5);
         }
         failures += ck.failures;
     }
