@@ -326,7 +326,7 @@ pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     }
 }
 
-/// `a @ b` (batch dims broadcast) by cuBLAS ([`crate::cublas::matmul`]) for
+/// `alpha (a @ b)` (batch dims broadcast) by cuBLAS ([`crate::cublas::matmul`]) for
 /// `DDREP_GPU_MATMUL=cublas`. `Err` hands the inputs back, for burn's matmul, when `B` is not
 /// burn-cuda or cuBLAS did not take the problem (said once on stderr; when cuBLAS itself is
 /// missing, every later call goes straight to burn's matmul).
@@ -335,11 +335,12 @@ pub fn cuda_matmul<B: burn::tensor::backend::Backend, const D: usize>(
 pub fn cuda_cublas_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     a: burn::tensor::Tensor<B, D>,
     b: burn::tensor::Tensor<B, D>,
+    alpha: f32,
 ) -> Result<burn::tensor::Tensor<B, D>, (burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>)> {
     if !cube_tensors::<B>() || crate::cublas::unavailable() {
         return Err((a, b));
     }
-    crate::cublas::matmul(to_cube(a), to_cube(b)).map(from_cube).map_err(|refused| {
+    crate::cublas::matmul(to_cube(a), to_cube(b), alpha).map(from_cube).map_err(|refused| {
         let ((a, b), reason) = *refused;
         static SAID: AtomicBool = AtomicBool::new(false);
         say_once(&SAID, || format!("DDREP_GPU_MATMUL=cublas: cuBLAS did not run a matmul of {:?} x {:?} ({reason}); burn's matmul runs such matmuls", a.shape.dims, b.shape.dims));

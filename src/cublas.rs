@@ -350,13 +350,13 @@ mod gpu {
         }
     }
 
-    /// One planned call ([`plan`]) of `cublasGemmStridedBatchedEx`, `C = A B` in row-major
-    /// terms with f32 accumulation (as PyTorch runs f16, bf16 and f32 matmuls without TF32),
-    /// on `c`'s stream. `a`, `b`, `c` are byte addresses.
-    fn gemm(dtype: DType, call: GemmCall, a: u64, b: u64, c: (u64, cudarc::driver::sys::CUstream)) -> Result<(), String> {
+    /// One planned call ([`plan`]) of `cublasGemmStridedBatchedEx`, `C = alpha A B` in
+    /// row-major terms with f32 accumulation (as PyTorch runs f16, bf16 and f32 matmuls
+    /// without TF32), on `c`'s stream. `a`, `b`, `c` are byte addresses.
+    fn gemm(dtype: DType, call: GemmCall, alpha: f32, a: u64, b: u64, c: (u64, cudarc::driver::sys::CUstream)) -> Result<(), String> {
         let dt = data_type(dtype)?;
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let (alpha, beta) = (1f32, 0f32);
+        let beta = 0f32;
         with_handle(|h| {
             // SAFETY: the addresses are inside live allocations of burn-cuda tensors that the
             // caller holds until the call is queued; the plan bounds every index by the
@@ -398,17 +398,20 @@ mod gpu {
         Layout { dims: &t.shape.dims, strides: &t.strides }
     }
 
-    /// Runs `calls` with `A`, `B`, `C` at these byte addresses, on `C`'s stream.
-    fn run(dtype: DType, calls: &[Call], a: u64, b: u64, c: (u64, cudarc::driver::sys::CUstream)) -> Result<(), String> {
+    /// Runs `calls` (`C = alpha A B`) with `A`, `B`, `C` at these byte addresses, on `C`'s
+    /// stream.
+    fn run(dtype: DType, calls: &[Call], alpha: f32, a: u64, b: u64, c: (u64, cudarc::driver::sys::CUstream)) -> Result<(), String> {
         let elem = dtype.size() as u64;
-        calls.iter().try_for_each(|call| gemm(dtype, call.gemm, a + call.a_offset as u64 * elem, b + call.b_offset as u64 * elem, (c.0 + call.c_offset as u64 * elem, c.1)))
+        calls.iter().try_for_each(|call| gemm(dtype, call.gemm, alpha, a + call.a_offset as u64 * elem, b + call.b_offset as u64 * elem, (c.0 + call.c_offset as u64 * elem, c.1)))
     }
 
-    /// `lhs @ rhs` with burn's batch broadcasting into a contiguous tensor, by the calls of
-    /// [`matmul_calls`] (operands it cannot read as they lie are copied first). `Err` hands the
-    /// inputs back with the reason (a problem it refuses, a failed call), for burn's matmul.
+    /// `alpha (lhs @ rhs)` with burn's batch broadcasting into a contiguous tensor, by the
+    /// calls of [`matmul_calls`] (operands it cannot read as they lie are copied first); the
+    /// scale is cuBLAS's own (attention's `1 / sqrt(d)` costs no pass over the queries). `Err`
+    /// hands the inputs back with the reason (a problem it refuses, a failed call), for burn's
+    /// matmul.
     #[allow(clippy::type_complexity)]
-    pub(crate) fn matmul(lhs: Cube, rhs: Cube) -> Result<Cube, Box<((Cube, Cube), String)>> {
+    pub(crate) fn matmul(lhs: Cube, rhs: Cube, alpha: f32) -> Result<Cube, Box<((Cube, Cube), String)>> {
         let refuse = |lhs, rhs, why: String| Err(Box::new(((lhs, rhs), why)));
         if lhs.dtype != rhs.dtype {
             let why = format!("{:?} x {:?}", lhs.dtype, rhs.dtype);
@@ -430,7 +433,7 @@ mod gpu {
         let mut dims: Vec<usize> = lhs.shape.dims[..d - 2].iter().zip(&rhs.shape.dims[..d - 2]).map(|(&x, &y)| x.max(y)).collect();
         dims.extend([lhs.shape.dims[d - 2], rhs.shape.dims[d - 1]]);
         let out = empty_device_dtype(lhs.client.clone(), lhs.device.clone(), Shape::from(dims), lhs.dtype);
-        match run(lhs.dtype, &calls, pointer(&lhs).0, pointer(&rhs).0, pointer(&out)) {
+        match run(lhs.dtype, &calls, alpha, pointer(&lhs).0, pointer(&rhs).0, pointer(&out)) {
             Ok(()) => Ok(out),
             Err(e) => refuse(lhs, rhs, e),
         }
@@ -472,14 +475,14 @@ mod gpu {
         let out = CubeTensor::new(nhwc.client, nhwc.handle, Shape::new([n, o, oh, ow]), nhwc.device, vec![oh * ow * o, 1, ow * o, o], nhwc.dtype);
         let (c_ptr, w_ptr) = (pointer(&out), pointer(&w).0);
         let done = match plan {
-            ConvPlan::Direct(calls) => run(x.dtype, &calls, pointer(&x).0, w_ptr, c_ptr),
+            ConvPlan::Direct(calls) => run(x.dtype, &calls, 1.0, pointer(&x).0, w_ptr, c_ptr),
             ConvPlan::Im2col { chunk_rows, cols, chunks } => {
                 let scratch = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([chunk_rows, cols]), x.dtype);
                 let scratch_ptr = pointer(&scratch).0;
                 let geometry = Im2col { k, stride, padding, out_h: oh, out_w: ow };
                 chunks.iter().try_for_each(|&(row0, rows, call)| {
                     let block = CubeTensor::new(scratch.client.clone(), scratch.handle.clone(), Shape::new([rows, cols]), scratch.device.clone(), vec![cols, 1], scratch.dtype);
-                    im2col_into(&x, &block, geometry, row0).and_then(|()| run(x.dtype, &[call], scratch_ptr, w_ptr, c_ptr))
+                    im2col_into(&x, &block, geometry, row0).and_then(|()| run(x.dtype, &[call], 1.0, scratch_ptr, w_ptr, c_ptr))
                 })
             }
         };

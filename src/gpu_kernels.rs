@@ -1,7 +1,7 @@
 //! ddrep's own cubecl kernels for the parts of SD1.5 that burn runs as chains of small ops:
-//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU. Generic over the
-//! cubecl runtime (burn-cuda's on the GPU; the tests also run them on wgpu when a Vulkan
-//! driver is present).
+//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU; and im2col, for the
+//! cuBLAS convolutions (`crate::cublas`). Generic over the cubecl runtime (burn-cuda's on the
+//! GPU; `tools/gpu/kernels-check` runs them on wgpu when a Vulkan driver is present).
 //!
 //! Why: on the H200 (2026-11-26) an f16 UNet eval at batch 2 launched about 3100 kernels, some
 //! 2400 of them element-wise ops, casts, copies and reductions of these layers (a group norm

@@ -237,7 +237,7 @@ pub fn gpu_matmul() -> Result<GpuMatmul, String> {
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kernel: GpuMatmul) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     if kernel == GpuMatmul::Cublas {
-        return match crate::backend::cuda_cublas_matmul(a, b) {
+        return match crate::backend::cuda_cublas_matmul(a, b, 1.0) {
             Ok(y) => y,
             Err((a, b)) => a.matmul(b),
         };
@@ -251,6 +251,19 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kern
     }
     let _ = kernel;
     a.matmul(b)
+}
+
+/// `(a * alpha) @ b`: with `kernel` `Cublas` on burn-cuda the scale is cuBLAS's own (no pass
+/// over `a`), else `a` is scaled first and multiplied by [`matmul`].
+fn matmul_scaled<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, alpha: f64, kernel: GpuMatmul) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if kernel == GpuMatmul::Cublas {
+        return match crate::backend::cuda_cublas_matmul(a, b, alpha as f32) {
+            Ok(y) => y,
+            Err((a, b)) => a.mul_scalar(alpha).matmul(b),
+        };
+    }
+    matmul(a.mul_scalar(alpha), b, kernel)
 }
 
 /// The name of `t` among an [`env_choice`] switch's `choices`.
@@ -789,14 +802,17 @@ fn blocked_attention_within<B: Backend>(
     // softmax's division on the output ([L, d]) rather than on the probabilities, as flash
     // attention does: two fewer passes over the scores, which dominate the memory traffic of
     // a 64x64 latent's self-attention on a GPU.
-    let q = q.mul_scalar((hd as f64).sqrt().recip());
+    let scale = (hd as f64).sqrt().recip();
+    // cuBLAS scales inside its GEMM; the others scale the queries once.
+    let q = if kernel == GpuMatmul::Cublas { q } else { q.mul_scalar(scale) };
     let block = (max_elems / (n * heads * lk).max(1)).clamp(1, lq.max(1));
     let half = half_dtype::<B>();
     let mut outs = Vec::with_capacity(lq.div_ceil(block));
     let mut start = 0;
     while start < lq {
         let len = block.min(lq - start);
-        let mut scores = matmul(q.clone().narrow(2, start, len), kt.clone(), kernel);
+        let q_block = q.clone().narrow(2, start, len);
+        let mut scores = if kernel == GpuMatmul::Cublas { matmul_scaled(q_block, kt.clone(), scale, kernel) } else { matmul(q_block, kt.clone(), kernel) };
         if let Some(m) = &mask {
             // A mask of one query row broadcasts; a full mask is cut like the queries.
             let m = if m.dims()[2] == lq && lq > 1 { m.clone().narrow(2, start, len) } else { m.clone() };
@@ -972,10 +988,11 @@ mod tests {
     }
 
     /// Attention in blocks of queries equals its f64 definition, unmasked (non-causal: every
-    /// query sees every key) and with a causal mask cut per block, in f32 and in f16.
+    /// query sees every key) and with a causal mask cut per block, in f32 and in f16; also
+    /// with `DDREP_GPU_MATMUL=cublas`'s path, which scales the queries per block off the GPU.
     #[test]
     fn blocked_attention_matches_its_definition() {
-        fn run<B: Backend>(max_elems: usize, causal: bool, tol: f64) {
+        fn run<B: Backend>(max_elems: usize, causal: bool, tol: f64, kernel: GpuMatmul) {
             let (n, h, l, d) = (2, 2, 7, 4);
             let val = |i: usize, s: usize| (((i * s + 3) % 17) as f32 - 8.0) / 8.0;
             let mk = |s: usize| (0..n * h * l * d).map(|i| val(i, s)).collect::<Vec<f32>>();
@@ -983,7 +1000,7 @@ mod tests {
             let dev = Default::default();
             let t = |v: &Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [n, h, l, d]), &dev);
             let mask = causal.then(|| Tensor::<B, 4, Bool>::from_data(TensorData::new((0..l * l).map(|k| k % l > k / l).collect::<Vec<bool>>(), [1, 1, l, l]), &dev));
-            let got: Vec<f32> = blocked_attention_within(t(&qv), t(&kv), t(&vv), mask, max_elems, GpuMatmul::Auto).into_data().convert::<f32>().into_vec().unwrap();
+            let got: Vec<f32> = blocked_attention_within(t(&qv), t(&kv), t(&vv), mask, max_elems, kernel).into_data().convert::<f32>().into_vec().unwrap();
             for b in 0..n * h {
                 let head = |v: &Vec<f32>| v[b * l * d..(b + 1) * l * d].iter().map(|&x| x as f64).collect::<Vec<f64>>();
                 let want = attention_f64(&head(&qv), &head(&kv), &head(&vv), d, |i, j| !causal || j <= i);
@@ -997,9 +1014,11 @@ mod tests {
         }
         for causal in [false, true] {
             // 3 queries a block (2 * 2 * 7 * 3 elements), and all in one block.
-            run::<Cpu>(2 * 2 * 7 * 3, causal, 1e-5);
-            run::<Cpu>(usize::MAX, causal, 1e-5);
-            run::<burn_candle::Candle<half::f16>>(2 * 2 * 7 * 3, causal, 5e-3);
+            for kernel in [GpuMatmul::Auto, GpuMatmul::Cublas] {
+                run::<Cpu>(2 * 2 * 7 * 3, causal, 1e-5, kernel);
+                run::<Cpu>(usize::MAX, causal, 1e-5, kernel);
+                run::<burn_candle::Candle<half::f16>>(2 * 2 * 7 * 3, causal, 5e-3, kernel);
+            }
         }
     }
 
