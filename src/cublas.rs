@@ -134,6 +134,13 @@ pub struct Call {
     pub gemm: GemmCall,
 }
 
+/// A plan's output (contiguous, of `out_dims`) and its calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned<C> {
+    pub out_dims: Vec<usize>,
+    pub calls: C,
+}
+
 /// A tensor's logical shape and its strides in elements.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout<'a> {
@@ -172,14 +179,14 @@ fn batch_strides(t: Layout, dims: &[usize]) -> Vec<usize> {
 /// ([`split_batch`]: one strided-batched call per outer index), and a matrix times a shared
 /// one (a linear layer's `[n, L, in] x [1, in, out]`) as one GEMM over all the rows when they
 /// lie evenly, which cuBLAS tiles better than a batch.
-pub fn matmul_calls(lhs: Layout, rhs: Layout) -> Result<Vec<Call>, Unplanned> {
+pub fn matmul_calls(lhs: Layout, rhs: Layout) -> Result<Planned<Vec<Call>>, Unplanned> {
     let d = lhs.dims.len();
     let refuse = || Err(Unplanned::Refuse(format!("{:?} x {:?}", lhs.dims, rhs.dims)));
     if d < 2 || rhs.dims.len() != d || lhs.strides.len() != d || rhs.strides.len() != d {
         return refuse();
     }
     let nb = d - 2;
-    let dims: Vec<usize> = lhs.dims[..nb].iter().zip(&rhs.dims[..nb]).map(|(&x, &y)| x.max(y)).collect();
+    let mut dims: Vec<usize> = lhs.dims[..nb].iter().zip(&rhs.dims[..nb]).map(|(&x, &y)| x.max(y)).collect();
     let matches = |t: Layout| t.dims[..nb].iter().zip(&dims).all(|(&len, &out)| len == out || len == 1);
     let (m, k, n) = (lhs.dims[d - 2], lhs.dims[d - 1], rhs.dims[d - 1]);
     if !matches(lhs) || !matches(rhs) || rhs.dims[d - 2] != k || m == 0 || k == 0 || n == 0 || dims.contains(&0) {
@@ -204,7 +211,9 @@ pub fn matmul_calls(lhs: Layout, rhs: Layout) -> Result<Vec<Call>, Unplanned> {
         batch = 1;
     }
     let Some(gemm) = plan(a, b, n, m * n, batch) else { return refuse() };
-    Ok((0..outer).map(|i| Call { a_offset: i * a_outer, b_offset: i * b_outer, c_offset: i * inner * m * n, gemm }).collect())
+    let calls = (0..outer).map(|i| Call { a_offset: i * a_outer, b_offset: i * b_outer, c_offset: i * inner * m * n, gemm }).collect();
+    dims.extend([m, n]);
+    Ok(Planned { out_dims: dims, calls })
 }
 
 /// A convolution as cuBLAS calls ([`conv_plan`]).
@@ -230,13 +239,13 @@ pub enum ConvUnplanned {
 }
 
 /// The cuBLAS calls of the convolution of `x` (`[N, C, H, W]`) with `w` (`[O, C, k, k]`,
-/// square), stride and padding on both axes, into NHWC output memory (`[N, Ho, Wo, O]`
-/// contiguous). A 1x1 conv without stride or padding multiplies the input's pixels as they lie:
+/// square), stride and padding on both axes, into NHWC output memory (`out_dims`
+/// `[N, Ho, Wo, O]`, contiguous). A 1x1 conv without stride or padding multiplies the input's pixels as they lie:
 /// all of them as one matrix when `(n, h, w)` merge into one stride (channels-last memory),
 /// else one matrix per image (NCHW: a column-major block each). Any other reads im2col rows
 /// (columns ordered `(ky, kx, c)`, as `gpu_kernels::im2col_into` writes them), at most
 /// `scratch_elems` elements of them at a time, against the weight read channels-last.
-pub fn conv_plan(x: Layout, w: Layout, stride: usize, padding: usize, scratch_elems: usize) -> Result<ConvPlan, ConvUnplanned> {
+pub fn conv_plan(x: Layout, w: Layout, stride: usize, padding: usize, scratch_elems: usize) -> Result<Planned<ConvPlan>, ConvUnplanned> {
     let (Ok([n, c, h, wd]), Ok([o, wc, k, k2])) = (<[usize; 4]>::try_from(x.dims), <[usize; 4]>::try_from(w.dims)) else {
         return Err(ConvUnplanned::Refuse(format!("input {:?}, weight {:?}", x.dims, w.dims)));
     };
@@ -246,6 +255,7 @@ pub fn conv_plan(x: Layout, w: Layout, stride: usize, padding: usize, scratch_el
     }
     let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (wd + 2 * padding - k) / stride + 1);
     let (rows, pixels) = (n * oh * ow, oh * ow);
+    let planned = |calls| Ok(Planned { out_dims: vec![n, oh, ow, o], calls });
     let (xs, ws) = (x.strides, w.strides);
     if k == 1 && stride == 1 && padding == 0 {
         let weight = Operand { rows: c, cols: o, row_stride: ws[1], col_stride: ws[0], batch_stride: 0 };
@@ -260,7 +270,7 @@ pub fn conv_plan(x: Layout, w: Layout, stride: usize, padding: usize, scratch_el
             return Err(ConvUnplanned::InputLayout);
         };
         let Some(gemm) = plan(a, weight, o, pixels * o, batch) else { return refuse() };
-        return Ok(ConvPlan::Direct(vec![Call { a_offset: 0, b_offset: 0, c_offset: 0, gemm }]));
+        return planned(ConvPlan::Direct(vec![Call { a_offset: 0, b_offset: 0, c_offset: 0, gemm }]));
     }
     if !(ws[1] == 1 && ws[3] == c && ws[2] == k * c) {
         return Err(ConvUnplanned::WeightLayout);
@@ -275,7 +285,7 @@ pub fn conv_plan(x: Layout, w: Layout, stride: usize, padding: usize, scratch_el
         let Some(gemm) = plan(a, weight, o, 0, 1) else { return refuse() };
         chunks.push((row0, len, Call { a_offset: 0, b_offset: 0, c_offset: row0 * o, gemm }));
     }
-    Ok(ConvPlan::Im2col { chunk_rows, cols, chunks })
+    planned(ConvPlan::Im2col { chunk_rows, cols, chunks })
 }
 
 #[cfg(feature = "cuda")]
@@ -283,13 +293,13 @@ pub(crate) use gpu::{conv2d, matmul, unavailable};
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{conv_plan, matmul_calls, Call, ConvPlan, ConvUnplanned, GemmCall, Layout, Unplanned};
+    use super::{conv_plan, matmul_calls, Call, ConvPlan, ConvUnplanned, GemmCall, Layout, Planned, Unplanned};
     use crate::gpu_kernels::{im2col_into, Im2col};
     use burn_cubecl::tensor::CubeTensor;
     use burn::tensor::{DType, Shape};
     use burn_cubecl::ops::numeric::empty_device_dtype;
     use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasHandle_t, cublasOperation_t, cudaDataType};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
 
     type Cube = burn_cubecl::tensor::CubeTensor<burn::cubecl::cuda::CudaRuntime>;
 
@@ -303,17 +313,16 @@ mod gpu {
     // SAFETY: a cuBLAS handle may be used from any thread of its context, one call at a time;
     // the mutex around it sees to the latter.
     unsafe impl Send for Handle {}
-    static HANDLE: Mutex<Option<Result<Handle, String>>> = Mutex::new(None);
+    static HANDLE: OnceLock<Result<Mutex<Handle>, String>> = OnceLock::new();
 
     /// Whether cuBLAS was tried and could not be loaded or started: then every call would fail.
     pub(crate) fn unavailable() -> bool {
-        matches!(*HANDLE.lock().unwrap_or_else(|e| e.into_inner()), Some(Err(_)))
+        HANDLE.get().is_some_and(Result::is_err)
     }
 
     /// Runs `f` with the cuBLAS handle, making it first if need be.
     fn with_handle<T>(f: impl FnOnce(cublasHandle_t) -> Result<T, String>) -> Result<T, String> {
-        let mut slot = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
-        let handle = slot.get_or_insert_with(|| {
+        let handle = HANDLE.get_or_init(|| {
             // cudarc panics where a library lacks a symbol of the CUDA version it was built
             // for (here 13.0, tools/gpu/prepare.sh): caught, that is one more reason to say.
             let made = std::panic::catch_unwind(|| {
@@ -321,7 +330,7 @@ mod gpu {
                 if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                     return Err("libcublas was not found: put the folder that holds libcublas.so (the CUDA toolkit's lib64, or PyTorch's nvidia/cu*/lib) on LD_LIBRARY_PATH".to_string());
                 }
-                cudarc::cublas::result::create_handle().map(Handle).map_err(|e| format!("cublasCreate: {e}"))
+                cudarc::cublas::result::create_handle().map(|h| Mutex::new(Handle(h))).map_err(|e| format!("cublasCreate: {e}"))
             });
             made.unwrap_or_else(|panic| {
                 let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -329,7 +338,7 @@ mod gpu {
             })
         });
         match handle {
-            Ok(h) => f(h.0),
+            Ok(h) => f(h.lock().unwrap_or_else(|e| e.into_inner()).0),
             Err(e) => Err(e.clone()),
         }
     }
@@ -417,23 +426,20 @@ mod gpu {
             let why = format!("{:?} x {:?}", lhs.dtype, rhs.dtype);
             return refuse(lhs, rhs, why);
         }
-        let (lhs, rhs, calls) = match matmul_calls(layout(&lhs), layout(&rhs)) {
-            Ok(calls) => (lhs, rhs, calls),
+        let (lhs, rhs, planned) = match matmul_calls(layout(&lhs), layout(&rhs)) {
+            Ok(planned) => (lhs, rhs, planned),
             Err(Unplanned::Refuse(why)) => return refuse(lhs, rhs, why),
             Err(Unplanned::Copy(copy_lhs, copy_rhs)) => {
                 let copy = |t: Cube, yes: bool| if yes { burn_cubecl::kernel::into_contiguous(t) } else { t };
                 let (lhs, rhs) = (copy(lhs, copy_lhs), copy(rhs, copy_rhs));
                 match matmul_calls(layout(&lhs), layout(&rhs)) {
-                    Ok(calls) => (lhs, rhs, calls),
+                    Ok(planned) => (lhs, rhs, planned),
                     Err(e) => return refuse(lhs, rhs, format!("{e:?}")),
                 }
             }
         };
-        let d = lhs.shape.dims.len();
-        let mut dims: Vec<usize> = lhs.shape.dims[..d - 2].iter().zip(&rhs.shape.dims[..d - 2]).map(|(&x, &y)| x.max(y)).collect();
-        dims.extend([lhs.shape.dims[d - 2], rhs.shape.dims[d - 1]]);
-        let out = empty_device_dtype(lhs.client.clone(), lhs.device.clone(), Shape::from(dims), lhs.dtype);
-        match run(lhs.dtype, &calls, alpha, pointer(&lhs).0, pointer(&rhs).0, pointer(&out)) {
+        let out = empty_device_dtype(lhs.client.clone(), lhs.device.clone(), Shape::from(planned.out_dims), lhs.dtype);
+        match run(lhs.dtype, &planned.calls, alpha, pointer(&lhs).0, pointer(&rhs).0, pointer(&out)) {
             Ok(()) => Ok(out),
             Err(e) => refuse(lhs, rhs, e),
         }
@@ -446,7 +452,8 @@ mod gpu {
     /// `Conv2d` loader stores weights channels-last). `Err` hands `x` back with the reason.
     pub(crate) fn conv2d(x: Cube, w: &Cube, stride: usize, padding: usize) -> Result<Cube, Box<(Cube, String)>> {
         let refuse = |x, why: String| Err(Box::new((x, why)));
-        if x.dtype != w.dtype || x.shape.dims.len() != 4 || w.shape.dims.len() != 4 {
+        // Shapes are conv_plan's to check.
+        if x.dtype != w.dtype {
             let why = format!("input {:?} {:?}, weight {:?} {:?}", x.shape.dims, x.dtype, w.shape.dims, w.dtype);
             return refuse(x, why);
         }
@@ -465,12 +472,11 @@ mod gpu {
             }
             planned = conv_plan(layout(&x), layout(&w), stride, padding, scratch_elems);
         }
-        let plan = match planned {
-            Ok(plan) => plan,
+        let Planned { out_dims, calls: plan } = match planned {
+            Ok(planned) => planned,
             Err(e) => return refuse(x, format!("{e:?}")),
         };
-        let ([n, _, h, wd], [o, _, k, _]) = (dims4(&x), dims4(&w));
-        let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (wd + 2 * padding - k) / stride + 1);
+        let ([n, oh, ow, o], k) = (<[usize; 4]>::try_from(out_dims).expect("NHWC dims"), w.shape.dims[3]);
         let nhwc = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([n, oh, ow, o]), x.dtype);
         let out = CubeTensor::new(nhwc.client, nhwc.handle, Shape::new([n, o, oh, ow]), nhwc.device, vec![oh * ow * o, 1, ow * o, o], nhwc.dtype);
         let (c_ptr, w_ptr) = (pointer(&out), pointer(&w).0);
@@ -490,10 +496,6 @@ mod gpu {
             Ok(()) => Ok(out),
             Err(e) => refuse(x, e),
         }
-    }
-
-    fn dims4(t: &Cube) -> [usize; 4] {
-        <[usize; 4]>::try_from(t.shape.dims.as_slice()).expect("a 4-d tensor")
     }
 }
 
@@ -644,12 +646,13 @@ mod tests {
         ];
         for (ad, a_s, bd, b_s, loops) in cases {
             let (a, b) = (Layout { dims: &ad, strides: &a_s }, Layout { dims: &bd, strides: &b_s });
-            let calls = matmul_calls(a, b).unwrap_or_else(|e| panic!("{ad:?} x {bd:?}: {e:?}"));
+            let Planned { out_dims, calls } = matmul_calls(a, b).unwrap_or_else(|e| panic!("{ad:?} x {bd:?}: {e:?}"));
             assert_eq!(calls.len(), loops, "{ad:?} x {bd:?}: calls");
             let (am, bm) = (noise(a, &mut rng), noise(b, &mut rng));
             let r = ad.len();
             let mut od: Vec<usize> = ad[..r - 2].iter().zip(&bd[..r - 2]).map(|(&x, &y)| x.max(y)).collect();
             od.extend([ad[r - 2], bd[r - 1]]);
+            assert_eq!(out_dims, od, "{ad:?} x {bd:?}: output dims");
             let total: usize = od.iter().product();
             let mut c = vec![f64::NAN; total];
             run_calls(&calls, &am, &bm, &mut c);
@@ -676,7 +679,7 @@ mod tests {
         let (ad4, bd4) = ([2, 3, 2, 4], [2, 3, 4, 5]);
         // Batch axes that merge in no split: the image stride neither follows the heads'
         // nor lies in one level with them.
-        assert_eq!(matmul_calls(Layout { dims: &ad4, strides: &[1000, 100, 4, 1] }, Layout { dims: &bd4, strides: &contiguous(&bd4) }).map(|c| c.len()), Ok(2));
+        assert_eq!(matmul_calls(Layout { dims: &ad4, strides: &[1000, 100, 4, 1] }, Layout { dims: &bd4, strides: &contiguous(&bd4) }).map(|p| p.calls.len()), Ok(2));
         let (ad5, bd5) = ([2, 3, 2, 2, 4], [2, 3, 2, 4, 5]);
         assert_eq!(matmul_calls(Layout { dims: &ad5, strides: &[1000, 100, 10, 4, 1] }, Layout { dims: &bd5, strides: &contiguous(&bd5) }), Err(Unplanned::Copy(true, true)));
     }
@@ -706,7 +709,9 @@ mod tests {
             let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (w + 2 * padding - k) / stride + 1);
             let mut out = vec![f64::NAN; n * oh * ow * o];
             let what = format!("{dims:?} k {k} stride {stride} padding {padding} channels_last {channels_last}");
-            match conv_plan(x, wl, stride, padding, scratch).unwrap_or_else(|e| panic!("{what}: {e:?}")) {
+            let planned = conv_plan(x, wl, stride, padding, scratch).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert_eq!(planned.out_dims, [n, oh, ow, o], "{what}: output dims");
+            match planned.calls {
                 ConvPlan::Direct(calls) => {
                     assert_eq!(k, 1);
                     run_calls(&calls, &xm, &wm, &mut out);

@@ -235,13 +235,26 @@ pub fn gpu_matmul() -> Result<GpuMatmul, String> {
 /// `a @ b` (batch dims broadcast, as burn's matmul), by the routine `kernel` names on burn-cuda
 /// and by burn's matmul everywhere else.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kernel: GpuMatmul) -> Tensor<B, D> {
+    matmul_scaled(a, b, None, kernel)
+}
+
+/// `(a * alpha) @ b` ([`matmul`] without `alpha`): with `kernel` `Cublas` on burn-cuda the
+/// scale is cuBLAS's own (no pass over `a`); otherwise, and where cuBLAS does not run, `a` is
+/// scaled first.
+fn matmul_scaled<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, alpha: Option<f64>, kernel: GpuMatmul) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
-    if kernel == GpuMatmul::Cublas {
-        return match crate::backend::cuda_cublas_matmul(a, b, 1.0) {
-            Ok(y) => y,
-            Err((a, b)) => a.matmul(b),
-        };
-    }
+    let (a, b) = match kernel {
+        GpuMatmul::Cublas => match crate::backend::cuda_cublas_matmul(a, b, alpha.unwrap_or(1.0) as f32) {
+            Ok(y) => return y,
+            Err(inputs) => inputs,
+        },
+        _ => (a, b),
+    };
+    let a = match alpha {
+        Some(alpha) => a.mul_scalar(alpha),
+        None => a,
+    };
+    // cubek's routines (`cuda_matmul` hands `Cublas` straight back: burn's matmul).
     #[cfg(feature = "cuda")]
     if kernel != GpuMatmul::Auto {
         return match crate::backend::cuda_matmul(a, b, kernel) {
@@ -251,19 +264,6 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, kern
     }
     let _ = kernel;
     a.matmul(b)
-}
-
-/// `(a * alpha) @ b`: with `kernel` `Cublas` on burn-cuda the scale is cuBLAS's own (no pass
-/// over `a`), else `a` is scaled first and multiplied by [`matmul`].
-fn matmul_scaled<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, alpha: f64, kernel: GpuMatmul) -> Tensor<B, D> {
-    #[cfg(feature = "cuda")]
-    if kernel == GpuMatmul::Cublas {
-        return match crate::backend::cuda_cublas_matmul(a, b, alpha as f32) {
-            Ok(y) => y,
-            Err((a, b)) => a.mul_scalar(alpha).matmul(b),
-        };
-    }
-    matmul(a.mul_scalar(alpha), b, kernel)
 }
 
 /// The name of `t` among an [`env_choice`] switch's `choices`.
@@ -312,8 +312,11 @@ pub enum GpuAttention {
 /// The value of [`GPU_ATTENTION_ENV`], or an error naming the variable for anything but
 /// `blocked`, `flash` or unset.
 pub fn gpu_attention() -> Result<GpuAttention, String> {
-    env_choice(GPU_ATTENTION_ENV, &[("blocked", GpuAttention::Blocked), ("flash", GpuAttention::Flash)])
+    env_choice(GPU_ATTENTION_ENV, &GPU_ATTENTION_NAMES)
 }
+
+/// The names of [`GpuAttention`]'s values, as [`GPU_ATTENTION_ENV`] takes them.
+const GPU_ATTENTION_NAMES: [(&str, GpuAttention); 2] = [("blocked", GpuAttention::Blocked), ("flash", GpuAttention::Flash)];
 
 /// Environment switch for the norms, attention softmax and GEGLU of the SD1.5 models on
 /// burn-cuda: `ddrep` (default: ddrep's own kernels, `crate::gpu_kernels`, one or two launches
@@ -333,8 +336,11 @@ pub enum GpuOps {
 /// The value of [`GPU_OPS_ENV`], or an error naming the variable for anything but `ddrep`,
 /// `burn` or unset.
 pub fn gpu_ops() -> Result<GpuOps, String> {
-    env_choice(GPU_OPS_ENV, &[("ddrep", GpuOps::Ddrep), ("burn", GpuOps::Burn)])
+    env_choice(GPU_OPS_ENV, &GPU_OPS_NAMES)
 }
+
+/// The names of [`GpuOps`]'s values, as [`GPU_OPS_ENV`] takes them.
+const GPU_OPS_NAMES: [(&str, GpuOps); 2] = [("ddrep", GpuOps::Ddrep), ("burn", GpuOps::Burn)];
 
 /// The GPU kernel switches as this process reads them (defaults included), `VAR=value` each,
 /// for reports such as `ddrep bench unet`'s; an unknown value shows as `?` (loading a model
@@ -342,16 +348,8 @@ pub fn gpu_ops() -> Result<GpuOps, String> {
 pub fn gpu_switches() -> String {
     let conv = gpu_conv().map_or("?", GpuConv::name);
     let matmul = gpu_matmul().map_or("?", GpuMatmul::name);
-    let attention = match gpu_attention() {
-        Ok(GpuAttention::Blocked) => "blocked",
-        Ok(GpuAttention::Flash) => "flash",
-        Err(_) => "?",
-    };
-    let ops = match gpu_ops() {
-        Ok(GpuOps::Ddrep) => "ddrep",
-        Ok(GpuOps::Burn) => "burn",
-        Err(_) => "?",
-    };
+    let attention = gpu_attention().map_or("?", |a| choice_name(&GPU_ATTENTION_NAMES, a));
+    let ops = gpu_ops().map_or("?", |o| choice_name(&GPU_OPS_NAMES, o));
     format!("{GPU_CONV_ENV}={conv} {GPU_MATMUL_ENV}={matmul} {GPU_ATTENTION_ENV}={attention} {GPU_OPS_ENV}={ops}")
 }
 
@@ -803,16 +801,15 @@ fn blocked_attention_within<B: Backend>(
     // attention does: two fewer passes over the scores, which dominate the memory traffic of
     // a 64x64 latent's self-attention on a GPU.
     let scale = (hd as f64).sqrt().recip();
-    // cuBLAS scales inside its GEMM; the others scale the queries once.
-    let q = if kernel == GpuMatmul::Cublas { q } else { q.mul_scalar(scale) };
+    // cuBLAS takes the scale as its GEMM's alpha; the others scale the queries once.
+    let (q, alpha) = if kernel == GpuMatmul::Cublas { (q, Some(scale)) } else { (q.mul_scalar(scale), None) };
     let block = (max_elems / (n * heads * lk).max(1)).clamp(1, lq.max(1));
     let half = half_dtype::<B>();
     let mut outs = Vec::with_capacity(lq.div_ceil(block));
     let mut start = 0;
     while start < lq {
         let len = block.min(lq - start);
-        let q_block = q.clone().narrow(2, start, len);
-        let mut scores = if kernel == GpuMatmul::Cublas { matmul_scaled(q_block, kt.clone(), scale, kernel) } else { matmul(q_block, kt.clone(), kernel) };
+        let mut scores = matmul_scaled(q.clone().narrow(2, start, len), kt.clone(), alpha, kernel);
         if let Some(m) = &mask {
             // A mask of one query row broadcasts; a full mask is cut like the queries.
             let m = if m.dims()[2] == lq && lq > 1 { m.clone().narrow(2, start, len) } else { m.clone() };
