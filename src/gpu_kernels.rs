@@ -10,6 +10,12 @@
 //! against diffusers' 0.024 s: the host could not launch them fast enough. Each kernel here
 //! is one or two launches, reads its input with the strides it has (no copies of the NHWC conv
 //! outputs), and keeps statistics and exponentials in f32 as PyTorch's kernels do.
+//!
+//! Layer norm, softmax, GEGLU and im2col read and write lines (vectors of up to 16 bytes:
+//! 8 halves) where the layout allows, and the two row kernels keep their row in shared memory
+//! in f32, so that it is read from global memory once instead of once per pass: the softmax
+//! over a 64x64 latent's self-attention scores (537 MB in f16 at batch 2) is bound by memory
+//! traffic, and element-wide loads of 2 bytes leave most of it unused.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -66,16 +72,18 @@ fn cube_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
 /// Where element `i` of group `(n, c0..c0 + cpg)` of a `[N, C, H, W]` tensor lies: the group is
 /// walked channel-fastest when the tensor is channels-last (`stride(1) == 1`), so that
 /// neighbouring units read neighbouring memory either way. `H` and `W` are one axis of stride
-/// `stride(3)` (the launcher checks that they merge).
+/// `stride(3)` (the launcher checks that they merge). In lines of `t.line_size()` elements
+/// (`i` a multiple of it): channels of one pixel when channels-last, pixels of one channel
+/// otherwise, contiguous either way (the launcher picks the line so).
 #[cube]
-fn group_offset<F: Float>(t: &Tensor<F>, n: usize, c0: usize, cpg: usize, hw: usize, i: usize, #[comptime] channels_last: bool) -> usize {
+fn group_offset<F: Float>(t: &Tensor<Line<F>>, n: usize, c0: usize, cpg: usize, hw: usize, i: usize, #[comptime] channels_last: bool) -> usize {
     let mut c = i / hw;
     let mut s = i % hw;
     if channels_last {
         c = i % cpg;
         s = i / cpg;
     }
-    n * t.stride(0) + (c0 + c) * t.stride(1) + s * t.stride(3)
+    (n * t.stride(0) + (c0 + c) * t.stride(1) + s * t.stride(3)) / t.line_size()
 }
 
 /// The length of chunk `k` of `chunk` elements of a group of `count`.
@@ -91,7 +99,7 @@ fn chunk_len(k: usize, count: usize, #[comptime] chunk: usize) -> f32 {
 /// One cube per chunk; chunk `k` of group `g` of sample `n` is cube `(n * groups + g) * chunks + k`.
 #[cube(launch_unchecked)]
 fn group_norm_stats<F: Float>(
-    x: &Tensor<F>,
+    x: &Tensor<Line<F>>,
     stats: &mut Tensor<f32>,
     channels_per_group: u32,
     chunks: u32,
@@ -114,19 +122,29 @@ fn group_norm_stats<F: Float>(
     let start = (CUBE_POS % chunks) * chunk;
     let end = select(start + chunk < count, start + chunk, count);
     let len = chunk_len(CUBE_POS % chunks, count, chunk);
+    let line = x.line_size();
+    let step = CUBE_DIM as usize * line;
     let mut sum = f32::new(0.0);
-    let mut i = start + UNIT_POS as usize;
+    let mut i = start + UNIT_POS as usize * line;
     while i < end {
-        sum += f32::cast_from(x[group_offset(x, n, c0, cpg, hw, i, channels_last)]);
-        i += CUBE_DIM as usize;
+        let v = x[group_offset(x, n, c0, cpg, hw, i, channels_last)];
+        #[unroll]
+        for k in 0..line {
+            sum += f32::cast_from(v[k]);
+        }
+        i += step;
     }
     let mean = cube_sum(sum, &mut shared) / len;
     let mut m2 = f32::new(0.0);
-    let mut i = start + UNIT_POS as usize;
+    let mut i = start + UNIT_POS as usize * line;
     while i < end {
-        let d = f32::cast_from(x[group_offset(x, n, c0, cpg, hw, i, channels_last)]) - mean;
-        m2 += d * d;
-        i += CUBE_DIM as usize;
+        let v = x[group_offset(x, n, c0, cpg, hw, i, channels_last)];
+        #[unroll]
+        for k in 0..line {
+            let d = f32::cast_from(v[k]) - mean;
+            m2 += d * d;
+        }
+        i += step;
     }
     let m2 = cube_sum(m2, &mut shared);
     if UNIT_POS == 0 {
@@ -141,11 +159,11 @@ fn group_norm_stats<F: Float>(
 /// `silu`, in f32 and rounded once to `F`. Same cube layout as [`group_norm_stats`].
 #[cube(launch_unchecked)]
 fn group_norm_apply<F: Float>(
-    x: &Tensor<F>,
+    x: &Tensor<Line<F>>,
     stats: &Tensor<f32>,
     gamma: &Tensor<F>,
     beta: &Tensor<F>,
-    out: &mut Tensor<F>,
+    out: &mut Tensor<Line<F>>,
     channels_per_group: u32,
     chunks: u32,
     eps: f32,
@@ -185,108 +203,211 @@ fn group_norm_apply<F: Float>(
     let rstd = f32::new(1.0) / f32::sqrt(m2 / f32::cast_from(count) + eps);
     let start = (CUBE_POS % chunks) * chunk;
     let end = select(start + chunk < count, start + chunk, count);
-    let mut i = start + UNIT_POS as usize;
+    let line = x.line_size();
+    let mut i = start + UNIT_POS as usize * line;
     while i < end {
-        let mut c = i / hw;
-        if channels_last {
-            c = i % cpg;
+        let v = x[group_offset(x, n, c0, cpg, hw, i, channels_last)];
+        let mut o = Line::empty(line);
+        #[unroll]
+        for k in 0..line {
+            // A line is `line` channels of one pixel (channels-last) or pixels of one channel.
+            let mut c = c0 + i / hw;
+            if channels_last {
+                c = c0 + i % cpg + k;
+            }
+            let mut y = (f32::cast_from(v[k]) - mean) * rstd * f32::cast_from(gamma[c]) + f32::cast_from(beta[c]);
+            if silu {
+                y = y / (f32::new(1.0) + f32::exp(-y));
+            }
+            o[k] = F::cast_from(y);
         }
-        let v = f32::cast_from(x[group_offset(x, n, c0, cpg, hw, i, channels_last)]);
-        let mut y = (v - mean) * rstd * f32::cast_from(gamma[c0 + c]) + f32::cast_from(beta[c0 + c]);
-        if silu {
-            y = y / (f32::new(1.0) + f32::exp(-y));
-        }
-        out[group_offset(out, n, c0, cpg, hw, i, channels_last)] = F::cast_from(y);
-        i += CUBE_DIM as usize;
+        out[group_offset(out, n, c0, cpg, hw, i, channels_last)] = o;
+        i += CUBE_DIM as usize * line;
     }
 }
 
-/// Layer norm over the last axis of `[n, L, C]` (last axis contiguous), one cube per row,
-/// two-pass statistics in f32, into a contiguous `out`.
+/// Line `j` of the row that starts at line `base` of `x`, in f32, read from global memory; with
+/// `cached` also kept in the row cache `row` (element `k` at `k * lines + j`, so each unit
+/// touches only its own slots and neighbouring units neighbouring banks).
+#[cube]
+fn load_line<F: Float>(x: &Tensor<Line<F>>, row: &mut SharedMemory<f32>, base: usize, j: usize, lines: usize, #[comptime] cached: bool) -> Line<f32> {
+    let v = Line::<f32>::cast_from(x[base + j]);
+    if cached {
+        #[unroll]
+        for k in 0..x.line_size() {
+            row[k * lines + j] = v[k];
+        }
+    }
+    v
+}
+
+/// Line `j` of the row again, in f32: from the row cache with `cached` (as the unit last left
+/// it), else from global memory.
+#[cube]
+fn reload_line<F: Float>(x: &Tensor<Line<F>>, row: &SharedMemory<f32>, base: usize, j: usize, lines: usize, #[comptime] cached: bool) -> Line<f32> {
+    let line = x.line_size();
+    let mut v = Line::empty(line);
+    if cached {
+        #[unroll]
+        for k in 0..line {
+            v[k] = row[k * lines + j];
+        }
+    } else {
+        v = Line::<f32>::cast_from(x[base + j]);
+    }
+    v
+}
+
+/// Layer norm over the last axis of `[n, L, C]` (last axis contiguous), one cube per row read
+/// in lines of `x.line_size()` elements, two-pass statistics in f32, into a contiguous `out`.
+/// With `cached` the row is read from global memory once and kept in shared memory as f32
+/// (`slots >= C`; [`load_line`]); without (rows too long for it), once per pass.
 #[cube(launch_unchecked)]
 fn layer_norm_rows<F: Float>(
-    x: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
-    out: &mut Tensor<F>,
+    x: &Tensor<Line<F>>,
+    gamma: &Tensor<Line<F>>,
+    beta: &Tensor<Line<F>>,
+    out: &mut Tensor<Line<F>>,
     eps: f32,
+    #[comptime] slots: usize,
+    #[comptime] cached: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let (len, width) = (x.shape(1), x.shape(2));
     if CUBE_POS >= x.shape(0) * len {
         terminate!();
     }
+    let line = x.line_size();
+    let lines = width / line;
     let mut shared = SharedMemory::<f32>::new(UNITS as usize);
-    let base = (CUBE_POS / len) * x.stride(0) + (CUBE_POS % len) * x.stride(1);
+    let mut row = SharedMemory::<f32>::new(slots);
+    // The launcher picks a line size that divides both strides.
+    let base = ((CUBE_POS / len) * x.stride(0) + (CUBE_POS % len) * x.stride(1)) / line;
     let mut sum = f32::new(0.0);
     let mut j = UNIT_POS as usize;
-    while j < width {
-        sum += f32::cast_from(x[base + j]);
+    while j < lines {
+        let v = load_line(x, &mut row, base, j, lines, cached);
+        #[unroll]
+        for k in 0..line {
+            sum += v[k];
+        }
         j += CUBE_DIM as usize;
     }
     let mean = cube_sum(sum, &mut shared) / f32::cast_from(width);
     let mut m2 = f32::new(0.0);
     let mut j = UNIT_POS as usize;
-    while j < width {
-        let d = f32::cast_from(x[base + j]) - mean;
-        m2 += d * d;
+    while j < lines {
+        let v = reload_line(x, &row, base, j, lines, cached);
+        #[unroll]
+        for k in 0..line {
+            let d = v[k] - mean;
+            m2 += d * d;
+        }
         j += CUBE_DIM as usize;
     }
     let rstd = f32::new(1.0) / f32::sqrt(cube_sum(m2, &mut shared) / f32::cast_from(width) + eps);
     let mut j = UNIT_POS as usize;
-    while j < width {
-        let y = (f32::cast_from(x[base + j]) - mean) * rstd * f32::cast_from(gamma[j]) + f32::cast_from(beta[j]);
-        out[CUBE_POS * width + j] = F::cast_from(y);
+    while j < lines {
+        let v = reload_line(x, &row, base, j, lines, cached);
+        let (g, b) = (gamma[j], beta[j]);
+        let mut o = Line::empty(line);
+        #[unroll]
+        for k in 0..line {
+            o[k] = F::cast_from((v[k] - mean) * rstd * f32::cast_from(g[k]) + f32::cast_from(b[k]));
+        }
+        out[CUBE_POS * lines + j] = o;
         j += CUBE_DIM as usize;
     }
 }
 
-/// Softmax over the last axis of a contiguous `[rows, L]`, one cube per row: the max, the sum
-/// of `exp(x - max)` in f32, and `exp(x - max) / sum` rounded once to `F`.
+/// Softmax over the last axis of a contiguous `[rows, L]`, one cube per row, read in lines of
+/// `x.line_size()` elements: the max, the sum of `exp(x - max)` in f32, and
+/// `exp(x - max) / sum` rounded once to `F`. With `cached` the row is read from global memory
+/// once and kept in shared memory as f32 (`slots >= L`; [`load_line`]), where the second pass
+/// leaves `exp(x - max)`; without (rows too long for it), it is read once per pass.
 #[cube(launch_unchecked)]
-fn softmax_rows<F: Float>(x: &Tensor<F>, out: &mut Tensor<F>, rows: u32, #[define(F)] _dtype: StorageType) {
+fn softmax_rows<F: Float>(
+    x: &Tensor<Line<F>>,
+    out: &mut Tensor<Line<F>>,
+    rows: u32,
+    #[comptime] slots: usize,
+    #[comptime] cached: bool,
+    #[define(F)] _dtype: StorageType,
+) {
     if CUBE_POS >= rows as usize {
         terminate!();
     }
+    let line = x.line_size();
     let mut shared = SharedMemory::<f32>::new(UNITS as usize);
-    let width = x.shape(x.rank() - 1);
-    let base = CUBE_POS * width;
+    let mut row = SharedMemory::<f32>::new(slots);
+    let lines = x.shape(x.rank() - 1) / line;
+    let base = CUBE_POS * lines;
     let mut max = f32::new(-3.0e38);
     let mut j = UNIT_POS as usize;
-    while j < width {
-        let v = f32::cast_from(x[base + j]);
-        max = select(v > max, v, max);
+    while j < lines {
+        let v = load_line(x, &mut row, base, j, lines, cached);
+        #[unroll]
+        for k in 0..line {
+            max = select(v[k] > max, v[k], max);
+        }
         j += CUBE_DIM as usize;
     }
     let max = cube_max(max, &mut shared);
     let mut sum = f32::new(0.0);
     let mut j = UNIT_POS as usize;
-    while j < width {
-        sum += f32::exp(f32::cast_from(x[base + j]) - max);
+    while j < lines {
+        let v = reload_line(x, &row, base, j, lines, cached);
+        #[unroll]
+        for k in 0..line {
+            let e = f32::exp(v[k] - max);
+            if cached {
+                row[k * lines + j] = e;
+            }
+            sum += e;
+        }
         j += CUBE_DIM as usize;
     }
     let scale = f32::new(1.0) / cube_sum(sum, &mut shared);
     let mut j = UNIT_POS as usize;
-    while j < width {
-        out[base + j] = F::cast_from(f32::exp(f32::cast_from(x[base + j]) - max) * scale);
+    while j < lines {
+        let v = reload_line(x, &row, base, j, lines, cached);
+        let mut o = Line::empty(line);
+        #[unroll]
+        for k in 0..line {
+            // The cache holds exp(x - max) by now; global memory still x.
+            let mut e = v[k];
+            if !cached {
+                e = f32::exp(e - max);
+            }
+            o[k] = F::cast_from(e * scale);
+        }
+        out[base + j] = o;
         j += CUBE_DIM as usize;
     }
 }
 
 /// GEGLU on a contiguous `[rows, 2 * inner]`: `value * gelu(gate)` with the first half the
-/// value and the second the gate, exact (erf) GELU in f32, into a contiguous `[rows, inner]`.
+/// value and the second the gate, exact (erf) GELU in f32, into a contiguous `[rows, inner]`;
+/// one line of `out.line_size()` outputs per unit.
 #[cube(launch_unchecked)]
-fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+fn geglu_elems<F: Float>(h: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, #[define(F)] _dtype: StorageType) {
     if ABSOLUTE_POS >= out.len() {
         terminate!();
     }
-    let inner = out.shape(out.rank() - 1);
+    let line = out.line_size();
+    let inner = out.shape(out.rank() - 1) / line;
     let row = ABSOLUTE_POS / inner;
     let j = ABSOLUTE_POS % inner;
-    let value = f32::cast_from(h[row * 2 * inner + j]);
-    let gate = f32::cast_from(h[row * 2 * inner + inner + j]);
-    let gelu = f32::new(0.5) * gate * (f32::new(1.0) + Erf::erf(gate * f32::new(std::f32::consts::FRAC_1_SQRT_2)));
-    out[ABSOLUTE_POS] = F::cast_from(value * gelu);
+    let value = h[row * 2 * inner + j];
+    let gate = h[row * 2 * inner + inner + j];
+    let mut o = Line::empty(line);
+    #[unroll]
+    for k in 0..line {
+        let g = f32::cast_from(gate[k]);
+        let gelu = f32::new(0.5) * g * (f32::new(1.0) + Erf::erf(g * f32::new(std::f32::consts::FRAC_1_SQRT_2)));
+        o[k] = F::cast_from(f32::cast_from(value[k]) * gelu);
+    }
+    out[ABSOLUTE_POS] = o;
 }
 
 /// Rows `row0..row0 + out.shape(0)` of the im2col matrix of `x` (`[N, C, H, W]`, any strides)
@@ -294,13 +415,14 @@ fn geglu_elems<F: Float>(h: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype
 /// the `k * k * C` inputs under the kernel at that output pixel, ordered `(ky, kx, c)` (channel
 /// fastest, the order of a channels-last weight), zero where the kernel lies over the padding.
 /// One cube per row: the row's position is worked out once, then the taps (unrolled) and the
-/// channels (one per unit, so neighbouring units read neighbouring memory of a channels-last
-/// input and write neighbouring columns), with no division per element. `out` is a
-/// contiguous `[rows, k * k * C]`.
+/// channels, one line of `x.line_size()` channels per unit (lines only where the input is
+/// channels-last: the launcher picks 1 otherwise), so that neighbouring units read
+/// neighbouring memory of a channels-last input and write neighbouring columns, with no
+/// division per element. `out` is a contiguous `[rows, k * k * C]` in the same lines.
 #[cube(launch_unchecked)]
 fn im2col_rows<F: Float>(
-    x: &Tensor<F>,
-    out: &mut Tensor<F>,
+    x: &Tensor<Line<F>>,
+    out: &mut Tensor<Line<F>>,
     row0: u32,
     out_h: u32,
     out_w: u32,
@@ -312,7 +434,8 @@ fn im2col_rows<F: Float>(
     if CUBE_POS >= out.shape(0) {
         terminate!();
     }
-    let channels = x.shape(1);
+    let line = x.line_size();
+    let channel_lines = x.shape(1) / line;
     let row = CUBE_POS + row0 as usize;
     let (ow, oh) = (out_w as usize, out_h as usize);
     let ox = row % ow;
@@ -322,19 +445,20 @@ fn im2col_rows<F: Float>(
     let pad = padding as usize;
     let (y0, x0) = (oy * stride as usize, ox * stride as usize);
     let (h, w) = (x.shape(2) + pad, x.shape(3) + pad);
-    let out_row = CUBE_POS * out.shape(1);
+    let out_row = CUBE_POS * (out.shape(1) / line);
     #[unroll]
     for tap in 0..k * k {
         let (py, px) = (y0 + tap / k, x0 + tap % k);
         let inside = py >= pad && px >= pad && py < h && px < w;
-        // Read only where `inside`; elsewhere the (wrapped) offset is never used.
+        // Read only where `inside`; elsewhere the (wrapped) offset is never used. In lines:
+        // with lines, the channel stride is 1 and every other stride a multiple of the line.
         let src = n * x.stride(0) + (py - pad) * x.stride(2) + (px - pad) * x.stride(3);
-        let dst = out_row + tap * channels;
+        let dst = out_row + tap * channel_lines;
         let mut c = UNIT_POS as usize;
-        while c < channels {
-            let mut v = F::new(0.0);
+        while c < channel_lines {
+            let mut v = Line::empty(line).fill(F::new(0.0));
             if inside {
-                v = x[src + c * x.stride(1)];
+                v = x[(src + c * line * x.stride(1)) / line];
             }
             out[dst + c] = v;
             c += CUBE_DIM as usize;
@@ -390,6 +514,70 @@ fn cube_count<R: CubeRuntime>(t: &CubeTensor<R>, cubes: usize) -> CubeCount {
     CubeCountSelection::new(&t.client, cubes as u32).cube_count()
 }
 
+/// The widest line (elements per load, up to the runtime's widest load) in which `t` can be
+/// read along `axis`: 1 unless that axis is contiguous and the line divides its length, every
+/// other stride (of an axis longer than 1) and the view's offset into its buffer, so that
+/// every line the kernels form is a whole, aligned load. Public for `tools/gpu/kernels-check`,
+/// which says which lines its cases ran.
+pub fn line_along<R: CubeRuntime>(t: &CubeTensor<R>, axis: usize) -> usize {
+    if t.strides[axis] != 1 {
+        return 1;
+    }
+    let dtype: StorageType = t.dtype.into();
+    let offset = t.handle.offset_start.unwrap_or(0) as usize;
+    let dims = &t.shape.dims;
+    t.client
+        .io_optimized_line_sizes(&dtype)
+        .filter(|&line| {
+            dims[axis].is_multiple_of(line)
+                && offset.is_multiple_of(line * t.dtype.size())
+                && t.strides.iter().zip(dims).enumerate().all(|(i, (&s, &d))| i == axis || d == 1 || s.is_multiple_of(line))
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+/// Shared memory a row kernel may take for its row cache. Bounded well below the cards' limit
+/// (48 KiB of static shared memory per cube on CUDA) so several cubes still share an SM.
+const ROW_CACHE_BYTES: usize = 32 << 10;
+
+/// The comptime row cache of a row kernel for rows of `width` elements: `(slots, cached)`,
+/// f32 slots rounded up to a power of two (fewer kernel variants), or one unused slot when the
+/// row does not fit beside the reduction buffer. Public as [`line_along`].
+pub fn row_cache<R: CubeRuntime>(t: &CubeTensor<R>, width: usize) -> (usize, bool) {
+    let slots = width.next_power_of_two();
+    let limit = ROW_CACHE_BYTES.min(t.client.properties().hardware.max_shared_memory_size);
+    if (slots + UNITS as usize) * 4 <= limit { (slots, true) } else { (1, false) }
+}
+
+/// Units per cube for a row of `lines` lines: one line each up to a cube of [`UNITS`], at
+/// least a warp, a power of two ([`cube_sum`]).
+fn row_units(lines: usize) -> CubeDim {
+    CubeDim::new_1d((lines.next_power_of_two() as u32).clamp(32, UNITS))
+}
+
+/// Whether `x` (`[N, C, H, W]`) is an NHWC tensor viewed as NCHW (as the channels-last conv
+/// outputs are).
+fn is_channels_last<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+    let ([_, c, h, w], s) = (<[usize; 4]>::try_from(x.shape.dims.as_slice()).expect("a 4-d tensor"), &x.strides);
+    s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c
+}
+
+/// The line in which [`group_norm`] reads `x` (channels-last, or contiguous NCHW) in `groups`
+/// groups: along the contiguous axis (channels, or an NCHW tensor's pixels), dividing the
+/// group's channels (channels-last) or its pixels (NCHW) too, so that no line straddles two
+/// groups or two channels; chunks hold whole lines ([`GN_CHUNK`] is a power of two). Public as
+/// [`line_along`].
+pub fn group_norm_line<R: CubeRuntime>(x: &CubeTensor<R>, groups: usize) -> usize {
+    let [_, c, h, w] = <[usize; 4]>::try_from(x.shape.dims.as_slice()).expect("a 4-d tensor");
+    let channels_last = is_channels_last(x);
+    let mut line = if channels_last { line_along(x, 1) } else { line_along(x, 3) };
+    while !(if channels_last { c / groups } else { h * w }).is_multiple_of(line) {
+        line /= 2;
+    }
+    line
+}
+
 /// `[N, C, H, W]` group norm with `groups` groups (statistics per sample and group), affine
 /// `gamma`, `beta` (`[C]`), then SiLU if `silu`. A channels-last input gives a channels-last
 /// output (the next conv reads it without a copy); anything else a contiguous one. `Err`
@@ -409,8 +597,7 @@ pub fn group_norm<R: CubeRuntime>(
         // models first); burn's ops say what is wrong.
         return Err(Box::new((x, format!("{c} channels in {groups} groups"))));
     }
-    let s = &x.strides;
-    let channels_last = s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c;
+    let channels_last = is_channels_last(&x);
     let x = if channels_last || x.is_contiguous() { x } else { burn_cubecl::kernel::into_contiguous(x) };
     let (gamma, beta) = (contiguous(gamma), contiguous(beta));
     let cpg = c / groups;
@@ -425,14 +612,16 @@ pub fn group_norm<R: CubeRuntime>(
         out
     };
     let dim = CubeDim::new_1d(UNITS);
+    let line = group_norm_line(&x, groups);
     // Safety: every index the kernels form is inside its tensor (cubes past the work return
-    // first; element and chunk loops stop at the group's and chunk's ends).
+    // first; element and chunk loops stop at the group's and chunk's ends, which are whole
+    // lines).
     let launch = unsafe {
         group_norm_stats::launch_unchecked(
             &client,
             cube_count(&x, cubes),
             dim,
-            x.as_tensor_arg(1),
+            x.as_tensor_arg(line),
             stats.as_tensor_arg(1),
             ScalarArg::new(cpg as u32),
             ScalarArg::new(chunks as u32),
@@ -445,11 +634,11 @@ pub fn group_norm<R: CubeRuntime>(
             &client,
             cube_count(&x, cubes),
             dim,
-            x.as_tensor_arg(1),
+            x.as_tensor_arg(line),
             stats.as_tensor_arg(1),
             gamma.as_tensor_arg(1),
             beta.as_tensor_arg(1),
-            out.as_tensor_arg(1),
+            out.as_tensor_arg(line),
             ScalarArg::new(cpg as u32),
             ScalarArg::new(chunks as u32),
             ScalarArg::new(eps as f32),
@@ -469,23 +658,27 @@ pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: 
     let (x, dtype) = with_dtype(x)?;
     let x = if x.strides[2] == 1 { x } else { burn_cubecl::kernel::into_contiguous(x) };
     let (gamma, beta) = (contiguous(gamma), contiguous(beta));
-    let rows = x.shape.dims[0] * x.shape.dims[1];
-    if rows == 0 || x.shape.dims[2] == 0 {
+    let (rows, width) = (x.shape.dims[0] * x.shape.dims[1], x.shape.dims[2]);
+    if rows == 0 || width == 0 {
         return Ok(x);
     }
     let client = x.client.clone();
     let out = empty_like(&x, x.shape.clone());
-    // Safety: as in `group_norm`.
+    let line = line_along(&x, 2);
+    let (slots, cached) = row_cache(&x, width);
+    // Safety: as in `group_norm`; the line divides the row length and the row strides.
     let launch = unsafe {
         layer_norm_rows::launch_unchecked(
             &client,
             cube_count(&x, rows),
-            CubeDim::new_1d(UNITS),
-            x.as_tensor_arg(1),
-            gamma.as_tensor_arg(1),
-            beta.as_tensor_arg(1),
-            out.as_tensor_arg(1),
+            row_units(width / line),
+            x.as_tensor_arg(line),
+            gamma.as_tensor_arg(line),
+            beta.as_tensor_arg(line),
+            out.as_tensor_arg(line),
             ScalarArg::new(eps as f32),
+            slots,
+            cached,
             dtype,
         )
     };
@@ -497,24 +690,28 @@ pub fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, gamma: CubeTensor<R>, beta: 
 pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> KernelResult<R> {
     let (x, dtype) = with_dtype(x)?;
     let x = contiguous(x);
-    let width = *x.shape.dims.last().expect("a tensor with axes");
+    let axis = x.shape.num_dims() - 1;
+    let width = x.shape.dims[axis];
     let rows = x.shape.num_elements() / width.max(1);
     if rows == 0 || width == 0 {
         return Ok(x);
     }
     let client = x.client.clone();
     let out = empty_like(&x, x.shape.clone());
-    // A row shorter than a cube leaves units idle; 32 (one warp) serves the 77 text tokens.
-    let units = (width.next_power_of_two() as u32).clamp(32, UNITS);
-    // Safety: as in `group_norm`.
+    let line = line_along(&x, axis);
+    let (slots, cached) = row_cache(&x, width);
+    // Safety: as in `group_norm`; the line divides the row length.
     let launch = unsafe {
         softmax_rows::launch_unchecked(
             &client,
             cube_count(&x, rows),
-            CubeDim::new_1d(units),
-            x.as_tensor_arg(1),
-            out.as_tensor_arg(1),
+            // A row shorter than a cube leaves units idle; a warp serves the 77 text tokens.
+            row_units(width / line),
+            x.as_tensor_arg(line),
+            out.as_tensor_arg(line),
             ScalarArg::new(rows as u32),
+            slots,
+            cached,
             dtype,
         )
     };
@@ -535,14 +732,16 @@ pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
         return Ok(out);
     }
     let dim = CubeDim::new_1d(UNITS);
+    // A line that divides the output row divides the input's (twice as long) too.
+    let line = line_along(&out, out.shape.num_dims() - 1);
     // Safety: as in `group_norm`.
     let launch = unsafe {
         geglu_elems::launch_unchecked(
             &client,
-            cubecl::calculate_cube_count_elemwise(&client, elems, dim),
+            cubecl::calculate_cube_count_elemwise(&client, elems / line, dim),
             dim,
-            h.as_tensor_arg(1),
-            out.as_tensor_arg(1),
+            h.as_tensor_arg(line),
+            out.as_tensor_arg(line),
             dtype,
         )
     };
@@ -580,8 +779,11 @@ pub fn im2col_into<R: CubeRuntime>(x: &CubeTensor<R>, out: &CubeTensor<R>, geome
         return Ok(());
     }
     let client = x.client.clone();
-    // One unit per channel up to a cube of UNITS; at least a warp.
-    let dim = CubeDim::new_1d((c.next_power_of_two() as u32).clamp(32, UNITS));
+    // Lines of channels where the input is channels-last (1 otherwise); they then divide the
+    // output's rows too (`k * k * C` columns).
+    let line = line_along(x, 1);
+    // One unit per line of channels up to a cube of UNITS; at least a warp.
+    let dim = CubeDim::new_1d(((c / line).next_power_of_two() as u32).clamp(32, UNITS));
     // Safety: cubes past `out`'s rows return first; every input index is inside `x` (checked
     // against its shape), every output index inside `out`.
     unsafe {
@@ -589,8 +791,8 @@ pub fn im2col_into<R: CubeRuntime>(x: &CubeTensor<R>, out: &CubeTensor<R>, geome
             &client,
             cube_count(out, rows),
             dim,
-            x.as_tensor_arg(1),
-            out.as_tensor_arg(1),
+            x.as_tensor_arg(line),
+            out.as_tensor_arg(line),
             ScalarArg::new(row0 as u32),
             ScalarArg::new(out_h as u32),
             ScalarArg::new(out_w as u32),

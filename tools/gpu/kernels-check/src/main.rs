@@ -68,6 +68,7 @@ fn group_norm(ck: &mut Check, [n, c, h, w]: [usize; 4], groups: usize, channels_
         x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)).permute([0, 3, 1, 2]).into_primitive().tensor();
     }
     let strides = x.strides.clone();
+    let line = ddrep::gpu_kernels::group_norm_line(&x, groups);
     let y = ddrep::gpu_kernels::group_norm(x, ck.input(&gv, [c]), ck.input(&bv, [c]), groups, 1e-5, silu).ok().expect("a float dtype");
     assert_eq!(y.strides, strides, "the output keeps the input's layout");
     let got = ck.output::<4>(y);
@@ -85,12 +86,14 @@ fn group_norm(ck: &mut Check, [n, c, h, w]: [usize; 4], groups: usize, channels_
             }
         }
     }
-    ck.report(format!("group_norm [{n},{c},{h},{w}] groups {groups} channels_last {channels_last} silu {silu}"), &got, &want, 1.0);
+    ck.report(format!("group_norm [{n},{c},{h},{w}] groups {groups} channels_last {channels_last} silu {silu} line {line}"), &got, &want, 1.0);
 }
 
 fn layer_norm(ck: &mut Check, [n, l, c]: [usize; 3]) {
     let (xv, gv, bv) = (data(n * l * c, 4), data(c, 5), data(c, 6));
-    let y = ddrep::gpu_kernels::layer_norm(ck.input(&xv, [n, l, c]), ck.input(&gv, [c]), ck.input(&bv, [c]), 1e-5).ok().expect("a float dtype");
+    let x = ck.input(&xv, [n, l, c]);
+    let path = row_path(&x, 2);
+    let y = ddrep::gpu_kernels::layer_norm(x, ck.input(&gv, [c]), ck.input(&bv, [c]), 1e-5).ok().expect("a float dtype");
     let got = ck.output::<3>(y);
     let mut want = Vec::with_capacity(xv.len());
     for row in xv.chunks(c) {
@@ -99,12 +102,14 @@ fn layer_norm(ck: &mut Check, [n, l, c]: [usize; 3]) {
         let var = xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / c as f64;
         want.extend(xs.iter().enumerate().map(|(j, a)| (a - mean) / (var + 1e-5).sqrt() * ck.exact(gv[j]) + ck.exact(bv[j])));
     }
-    ck.report(format!("layer_norm [{n},{l},{c}]"), &got, &want, 1.0);
+    ck.report(format!("layer_norm [{n},{l},{c}] {path}"), &got, &want, 1.0);
 }
 
 fn softmax(ck: &mut Check, rows: usize, width: usize) {
     let xv: Vec<f32> = data(rows * width, 7).iter().map(|v| v * 3.0).collect();
-    let got = ck.output::<3>(ddrep::gpu_kernels::softmax_last(ck.input(&xv, [1, rows, width])).ok().expect("a float dtype"));
+    let x = ck.input(&xv, [1, rows, width]);
+    let path = row_path(&x, 2);
+    let got = ck.output::<3>(ddrep::gpu_kernels::softmax_last(x).ok().expect("a float dtype"));
     let mut want = Vec::with_capacity(xv.len());
     for row in xv.chunks(width) {
         let xs: Vec<f64> = row.iter().map(|&v| ck.exact(v)).collect();
@@ -113,12 +118,14 @@ fn softmax(ck: &mut Check, rows: usize, width: usize) {
         want.extend(xs.iter().map(|a| (a - max).exp() / z));
     }
     // Relative to the probability itself down to 1e-3 (smaller ones are f16's subnormals).
-    ck.report(format!("softmax [{rows},{width}]"), &got, &want, 1e-3);
+    ck.report(format!("softmax [{rows},{width}] {path}"), &got, &want, 1e-3);
 }
 
 fn geglu(ck: &mut Check, rows: usize, inner: usize) {
     let hv = data(rows * 2 * inner, 8);
-    let got = ck.output::<3>(ddrep::gpu_kernels::geglu(ck.input(&hv, [1, rows, 2 * inner])).ok().expect("a float dtype"));
+    let h = ck.input(&hv, [1, rows, 2 * inner]);
+    let line = ddrep::gpu_kernels::line_along(&ck.input(&vec![0.0; rows * inner], [1, rows, inner]), 2);
+    let got = ck.output::<3>(ddrep::gpu_kernels::geglu(h).ok().expect("a float dtype"));
     let mut want = Vec::with_capacity(rows * inner);
     for row in hv.chunks(2 * inner) {
         for j in 0..inner {
@@ -126,7 +133,7 @@ fn geglu(ck: &mut Check, rows: usize, inner: usize) {
             want.push(value * 0.5 * gate * (1.0 + erf(gate / 2f64.sqrt())));
         }
     }
-    ck.report(format!("geglu [{rows},{inner}]"), &got, &want, 1.0);
+    ck.report(format!("geglu [{rows},{inner}] line {line}"), &got, &want, 1.0);
 }
 
 /// im2col of an NCHW or channels-last input, written in chunks of `chunk` rows into one
@@ -139,6 +146,7 @@ fn im2col(ck: &mut Check, [n, c, h, w]: [usize; 4], k: usize, stride: usize, pad
         let t = burn_cubecl::kernel::into_contiguous(t.into_primitive().tensor());
         x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)).permute([0, 3, 1, 2]).into_primitive().tensor();
     }
+    let line = ddrep::gpu_kernels::line_along(&x, 1);
     let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (w + 2 * padding - k) / stride + 1);
     let geometry = ddrep::gpu_kernels::Im2col { k, stride, padding, out_h: oh, out_w: ow };
     let (rows, cols) = (n * oh * ow, k * k * c);
@@ -165,7 +173,14 @@ fn im2col(ck: &mut Check, [n, c, h, w]: [usize; 4], k: usize, stride: usize, pad
             }
         }
     }
-    ck.report(format!("im2col [{n},{c},{h},{w}] k {k} stride {stride} padding {padding} channels_last {channels_last} chunk {chunk}"), &got, &want, 1.0);
+    ck.report(format!("im2col [{n},{c},{h},{w}] k {k} stride {stride} padding {padding} channels_last {channels_last} chunk {chunk} line {line}"), &got, &want, 1.0);
+}
+
+/// How a row kernel reads rows of `x` along `axis`: its line and whether the row is cached in
+/// shared memory.
+fn row_path(x: &CubeTensor<R>, axis: usize) -> String {
+    let (line, (_, cached)) = (ddrep::gpu_kernels::line_along(x, axis), ddrep::gpu_kernels::row_cache(x, x.shape.dims[axis]));
+    format!("line {line} {}", if cached { "cached" } else { "streamed" })
 }
 
 /// erf by Simpson's rule on `2 / sqrt(pi) exp(-t^2)` (4000 intervals: error far below f32's).
@@ -191,21 +206,25 @@ fn main() {
             }
         };
         let mut ck = Check { dtype, tol, dev: Default::default(), failures: 0 };
-        // Groups of one chunk and of several (the 40x60 groups: 2 x 2400 elements, 3 chunks).
-        for (dims, groups) in [([2, 8, 5, 7], 4), ([1, 64, 40, 60], 32), ([2, 40, 3, 3], 8)] {
+        // Groups of one chunk and of several (the 40x60 groups: 2 x 2400 elements, 2 chunks;
+        // 32 x 256 in 4), read in lines of 1, 2 and 4 (lines of channels within a group when
+        // channels-last, of pixels otherwise; 10 channels per group as SD1.5's 320).
+        for (dims, groups) in [([2, 8, 5, 7], 4), ([1, 64, 40, 60], 32), ([2, 40, 3, 3], 8), ([2, 320, 8, 8], 32), ([1, 256, 16, 16], 8)] {
             for channels_last in [false, true] {
                 for silu in [false, true] {
                     group_norm(&mut ck, dims, groups, channels_last, silu);
                 }
             }
         }
-        for dims in [[2, 13, 320], [1, 5, 1280], [1, 3, 40]] {
+        // Rows read in lines of 4 (wgpu's widest), 2 and 1; rows kept in shared memory and
+        // (the widest, past any row cache) read from global memory in each pass.
+        for dims in [[2, 13, 320], [1, 5, 1280], [1, 3, 40], [2, 3, 42], [1, 2, 45], [1, 2, 20000]] {
             layer_norm(&mut ck, dims);
         }
-        for (rows, width) in [(6, 77), (3, 300), (2, 4096), (1, 5)] {
+        for (rows, width) in [(6, 77), (3, 300), (2, 4096), (1, 5), (4, 1024), (3, 1030), (2, 40000)] {
             softmax(&mut ck, rows, width);
         }
-        for (rows, inner) in [(7, 10), (300, 1280)] {
+        for (rows, inner) in [(7, 10), (300, 1280), (5, 7), (3, 6)] {
             geglu(&mut ck, rows, inner);
         }
         // SD1.5's convs: 3x3 "same" and the stride-2 downsampler; 1x1; chunks that split an
@@ -215,8 +234,13 @@ fn main() {
             im2col(&mut ck, [2, 5, 7, 6], 3, 1, 1, channels_last, 17);
             im2col(&mut ck, [1, 8, 9, 8], 3, 2, 1, channels_last, 1000);
             im2col(&mut ck, [2, 3, 4, 5], 1, 1, 0, channels_last, 7);
-            // More channels than units in a cube (256): each unit takes several.
+            // More channels than units in a cube (256): each unit takes several (lines of 4
+            // channels-last: more lines than units too).
             im2col(&mut ck, [1, 300, 3, 4], 3, 1, 1, channels_last, 5);
+            im2col(&mut ck, [1, 1200, 3, 3], 3, 1, 1, channels_last, 4);
+            // Lines of 2 (6 channels), and SD1.5's conv_in (4 channels).
+            im2col(&mut ck, [2, 6, 5, 4], 3, 1, 1, channels_last, 1000);
+            im2col(&mut ck, [1, 4, 6, 6], 3, 2, 1, channels_last, 1000);
         }
         failures += ck.failures;
     }
