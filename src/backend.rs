@@ -206,6 +206,54 @@ pub fn cuda_geglu<B: burn::tensor::backend::Backend>(h: burn::tensor::Tensor<B, 
     own_kernel(h, "GEGLU", crate::gpu_kernels::geglu)
 }
 
+/// Whether `B`'s float tensors are burn-cuda's own (not fusion's, whose element-wise ops fuse).
+#[cfg(feature = "cuda")]
+fn plain_cube<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
+}
+
+/// `a + b`: on burn-cuda, where both are laid out alike off the contiguous layout (the
+/// channels-last residuals of the UNet under `DDREP_GPU_CONV=cublas`), one pass in lines
+/// ([`crate::gpu_kernels::add_same_layout`]) instead of burn's element-wise kernel, which reads
+/// such tensors one element at a time; anything else is burn's add.
+#[cfg(feature = "cuda")]
+pub fn add<B: burn::tensor::backend::Backend, const D: usize>(a: burn::tensor::Tensor<B, D>, b: burn::tensor::Tensor<B, D>) -> burn::tensor::Tensor<B, D> {
+    if !plain_cube::<B>() || !own_kernels::<B>() || OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return a + b;
+    }
+    let (a, b) = (to_cube(a), to_cube(b));
+    if !crate::gpu_kernels::adds_alike(&a, &b) {
+        return from_cube::<B, D>(a) + from_cube(b);
+    }
+    match own_kernel(from_cube::<B, D>(a), "add", |a| crate::gpu_kernels::add_same_layout(a, &b)) {
+        Ok(y) => y,
+        Err(a) => a + from_cube(b),
+    }
+}
+
+/// `x + v` per channel, `x` `[N, C, H, W]` and `v` `[1, C]` or `[N, C]`: on burn-cuda, where
+/// `x` is channels-last (the cuBLAS convs' outputs: their bias, the resnets' time embedding),
+/// one pass in lines along the channels ([`crate::gpu_kernels::add_channels`]); anything else
+/// is burn's broadcast add.
+#[cfg(feature = "cuda")]
+pub fn add_channels<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>) -> burn::tensor::Tensor<B, 4> {
+    let burn_add = |x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>| {
+        let [n, c] = v.dims();
+        x + v.reshape([n, c, 1, 1])
+    };
+    if !plain_cube::<B>() || !own_kernels::<B>() || OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return burn_add(x, v);
+    }
+    let (xc, vc) = (to_cube(x), to_cube(v));
+    if !crate::gpu_kernels::adds_channels(&xc, &vc) {
+        return burn_add(from_cube(xc), from_cube(vc));
+    }
+    match own_kernel(from_cube::<B, 4>(xc), "channel add", |x| crate::gpu_kernels::add_channels(x, vc.clone())) {
+        Ok(y) => y,
+        Err(x) => burn_add(x, from_cube(vc)),
+    }
+}
+
 /// A conv weight `[out, in, kh, kw]` whose memory is laid out `[out, kh, kw, in]` (the same
 /// tensor to every op; a view with permuted strides), when `B` is burn-cuda; else `w` as it is.
 /// cubek's implicit-GEMM kernels take NHWC-ordered operands and copy a weight whose channels
@@ -364,7 +412,7 @@ pub fn cuda_cublas_conv2d<B: burn::tensor::backend::Backend>(
     }
     let o = w.dims()[0];
     match crate::cublas::conv2d(to_cube(x), &to_cube(w.clone()), stride, padding) {
-        Ok(y) => Ok(from_cube::<B, 4>(y) + b.clone().reshape([1, o, 1, 1])),
+        Ok(y) => Ok(add_channels(from_cube::<B, 4>(y), b.clone().reshape([1, o]))),
         Err(refused) => {
             let (x, reason) = *refused;
             static SAID: AtomicBool = AtomicBool::new(false);

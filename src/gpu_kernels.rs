@@ -1,6 +1,7 @@
 //! ddrep's own cubecl kernels for the parts of SD1.5 that burn runs as chains of small ops:
-//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU; and im2col, for the
-//! cuBLAS convolutions (`crate::cublas`). Generic over the cubecl runtime (burn-cuda's on the
+//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU; and for the cuBLAS
+//! convolutions (`crate::cublas`), im2col and the adds on their channels-last outputs (bias,
+//! time embedding, residuals), which burn's element-wise kernels read one element at a time. Generic over the cubecl runtime (burn-cuda's on the
 //! GPU; `tools/gpu/kernels-check` runs them on wgpu when a Vulkan driver is present).
 //!
 //! Why: on the H200 (2026-11-26) an f16 UNet eval at batch 2 launched about 3100 kernels, some
@@ -410,6 +411,22 @@ fn geglu_elems<F: Float>(h: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, #[defin
     out[ABSOLUTE_POS] = o;
 }
 
+/// `out = a + b` over dense buffers in memory order, one line per unit: element `i` of `a`
+/// (and `out`, which has `a`'s layout) adds element `(i / period) * inner + i % inner` of `b`'s
+/// buffer, so that `b` may be `a`'s own layout (`inner = period =` all of it), or a per-channel
+/// vector repeated over a channels-last tensor's pixels (`inner` = channels; `period` = one
+/// sample's elements for a vector per sample, or all of them for one vector). In lines: the
+/// launcher divides `inner` and `period` by the line, which divides both.
+#[cube(launch_unchecked)]
+fn add_repeating_lines<F: Float>(a: &Tensor<Line<F>>, b: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, inner: u32, period: u32, #[define(F)] _dtype: StorageType) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    let (inner, period) = (inner as usize, period as usize);
+    out[i] = a[i] + b[(i / period) * inner + i % inner];
+}
+
 /// Rows `row0..row0 + out.shape(0)` of the im2col matrix of `x` (`[N, C, H, W]`, any strides)
 /// for a square `k`x`k` convolution: row `(n, oy, ox)` of an `out_h` x `out_w` output holds
 /// the `k * k * C` inputs under the kernel at that output pixel, ordered `(ky, kx, c)` (channel
@@ -716,6 +733,101 @@ pub fn softmax_last<R: CubeRuntime>(x: CubeTensor<R>) -> KernelResult<R> {
         )
     };
     launched(launch, out, x)
+}
+
+/// Whether `t`'s strides are a permutation of a contiguous layout's (no gaps, no overlaps; axes
+/// of length 1 aside), so that its buffer holds exactly its elements.
+fn is_dense<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
+    let mut axes: Vec<(usize, usize)> = t.strides.iter().copied().zip(t.shape.dims.iter().copied()).filter(|&(_, d)| d != 1).collect();
+    axes.sort_unstable();
+    let mut expected = 1;
+    axes.into_iter().all(|(stride, dim)| {
+        let ok = stride == expected;
+        expected *= dim;
+        ok
+    })
+}
+
+/// `a + b` for `a` dense ([`is_dense`]) and `b` read as `inner`/`period` say
+/// ([`add_repeating_lines`]), into a tensor with `a`'s layout. `b`'s buffer must hold
+/// `(len / period) * inner` elements in that order (the callers below check it).
+fn add_repeating<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>, inner: usize, period: usize) -> KernelResult<R> {
+    let (a, dtype) = with_dtype(a)?;
+    let total = a.shape.num_elements();
+    if b.dtype != a.dtype || !is_dense(&a) || inner == 0 || period == 0 || total % period != 0 || b.shape.num_elements() != total / period * inner {
+        let why = format!("{:?} {:?} + {:?} {:?}", a.shape.dims, a.dtype, b.shape.dims, b.dtype);
+        return Err(Box::new((a, why)));
+    }
+    let client = a.client.clone();
+    let out = empty_like(&a, a.shape.clone());
+    let out = CubeTensor::new(out.client, out.handle, out.shape, out.device, a.strides.clone(), out.dtype);
+    let offset = |t: &CubeTensor<R>| t.handle.offset_start.unwrap_or(0) as usize;
+    let line = client
+        .io_optimized_line_sizes(&dtype)
+        .filter(|&l| inner.is_multiple_of(l) && period.is_multiple_of(l) && offset(&a).is_multiple_of(l * a.dtype.size()) && offset(b).is_multiple_of(l * b.dtype.size()))
+        .max()
+        .unwrap_or(1);
+    let dim = CubeDim::new_1d(UNITS);
+    // Safety: `a` and `out` hold `total` elements in their buffers (dense); every index into
+    // `b` is below `(total / period) * inner`, its length.
+    let launch = unsafe {
+        add_repeating_lines::launch_unchecked(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, total / line, dim),
+            dim,
+            a.as_tensor_arg(line),
+            b.as_tensor_arg(line),
+            out.as_tensor_arg(line),
+            ScalarArg::new((inner / line) as u32),
+            ScalarArg::new((period / line) as u32),
+            dtype,
+        )
+    };
+    launched(launch, out, a)
+}
+
+/// Whether [`add_same_layout`] takes `a + b`: one shape, the same strides, dense memory that is
+/// not the contiguous layout (where burn's element-wise kernels read lines already).
+pub fn adds_alike<R: CubeRuntime>(a: &CubeTensor<R>, b: &CubeTensor<R>) -> bool {
+    a.shape.dims == b.shape.dims && a.strides == b.strides && a.dtype == b.dtype && is_dense(a) && !a.is_contiguous()
+}
+
+/// `a + b` for two tensors of one shape laid out alike in dense memory (both channels-last,
+/// say, where burn's element-wise kernels read one element at a time: their last axis is not
+/// contiguous), in lines over the buffers, into `a`'s layout. `Err` hands `a` back with the
+/// reason ([`KernelResult`]).
+pub fn add_same_layout<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>) -> KernelResult<R> {
+    if a.shape.dims != b.shape.dims || a.strides != b.strides {
+        let why = format!("{:?} {:?} + {:?} {:?}", a.shape.dims, a.strides, b.shape.dims, b.strides);
+        return Err(Box::new((a, why)));
+    }
+    let total = a.shape.num_elements();
+    add_repeating(a, b, total, total)
+}
+
+/// Whether [`add_channels`] takes `x + v`: `x` a channels-last `[N, C, H, W]`, `v` a `[1, C]`
+/// or `[N, C]` of its dtype.
+pub fn adds_channels<R: CubeRuntime>(x: &CubeTensor<R>, v: &CubeTensor<R>) -> bool {
+    match (x.shape.dims.as_slice(), v.shape.dims.as_slice()) {
+        ([n, c, _, _], [vn, vc]) => vc == c && (vn == n || *vn == 1) && x.dtype == v.dtype && is_channels_last(x),
+        _ => false,
+    }
+}
+
+/// `x + v` for a channels-last `[N, C, H, W]` `x` (NHWC memory viewed as NCHW, as the cuBLAS
+/// convs give) and a per-channel `v`, `[1, C]` (a bias) or `[N, C]` (one vector per sample: the
+/// resnets' time embedding), in lines along the channels, into `x`'s layout. `Err` hands `x`
+/// back with the reason ([`KernelResult`]).
+pub fn add_channels<R: CubeRuntime>(x: CubeTensor<R>, v: CubeTensor<R>) -> KernelResult<R> {
+    if !adds_channels(&x, &v) {
+        let why = format!("{:?} (strides {:?}) + {:?}", x.shape.dims, x.strides, v.shape.dims);
+        return Err(Box::new((x, why)));
+    }
+    let v = contiguous(v);
+    let (total, [n, c]) = (x.shape.num_elements(), [v.shape.dims[0], v.shape.dims[1]]);
+    // One vector per sample repeats every sample's elements; a single one over all of them.
+    let period = if n > 1 { total / n } else { total };
+    add_repeating(x, &v, c, period)
 }
 
 /// GEGLU on `[n, L, 2 * inner]`: the first half times the exact GELU of the second, into a

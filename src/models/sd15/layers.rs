@@ -881,6 +881,27 @@ pub fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor
     }
 }
 
+/// `a + b`. On burn-cuda two tensors laid out alike off the contiguous layout (channels-last
+/// residuals) are added in one lined pass (`crate::backend::add`).
+pub fn add<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    return crate::backend::add(a, b);
+    #[cfg(not(feature = "cuda"))]
+    return a + b;
+}
+
+/// `x + v` per channel: `x` `[N, C, H, W]`, `v` `[N, C]` or `[1, C]`. On burn-cuda a
+/// channels-last `x` takes one lined pass (`crate::backend::add_channels`).
+pub fn add_per_channel<B: Backend>(x: Tensor<B, 4>, v: Tensor<B, 2>) -> Tensor<B, 4> {
+    #[cfg(feature = "cuda")]
+    return crate::backend::add_channels(x, v);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let [n, c] = v.dims();
+        x + v.reshape([n, c, 1, 1])
+    }
+}
+
 /// ResNet block shared by the UNet (with a time embedding) and the VAE (without):
 /// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
 pub struct ResnetBlock<B: Backend> {
@@ -922,16 +943,14 @@ impl<B: Backend> ResnetBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>, temb_act: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
         let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_act) {
-            let t = proj.forward(t.clone());
-            let [n, c] = t.dims();
-            h = h + t.reshape([n, c, 1, 1]);
+            h = add_per_channel(h, proj.forward(t.clone()));
         }
         let h = self.conv2.forward(self.norm2.forward_silu(h));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
         };
-        let y = skip + h;
+        let y = add(skip, h);
         if self.out_scale == 1.0 {
             y
         } else {

@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
 use super::layers::{
-    geglu, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
+    add, geglu, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
     ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
@@ -147,7 +147,7 @@ impl<B: Backend> Transformer2D<B> {
             Proj::Conv(conv) => conv.forward_from_seq(s, [h, w]),
             Proj::Linear(lin) => to_img(lin.forward(s)),
         };
-        y + x
+        add(y, x)
     }
 }
 

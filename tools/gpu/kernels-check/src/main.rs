@@ -176,6 +176,47 @@ fn im2col(ck: &mut Check, [n, c, h, w]: [usize; 4], k: usize, stride: usize, pad
     ck.report(format!("im2col [{n},{c},{h},{w}] k {k} stride {stride} padding {padding} channels_last {channels_last} chunk {chunk} line {line}"), &got, &want, 1.0);
 }
 
+/// `[n, c, h, w]` values laid out NHWC and viewed as NCHW (as the cuBLAS convs give them).
+fn channels_last(x: CubeTensor<R>) -> CubeTensor<R> {
+    let t = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x)).permute([0, 2, 3, 1]);
+    let t = burn_cubecl::kernel::into_contiguous(t.into_primitive().tensor());
+    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)).permute([0, 3, 1, 2]).into_primitive().tensor()
+}
+
+/// `a + b` of two channels-last tensors, and `a + v` per channel (`v` `[1, c]` or `[n, c]`),
+/// against the sums of the rounded inputs (exact in f32 up to one rounding); the outputs keep
+/// the channels-last layout.
+fn adds(ck: &mut Check, [n, c, h, w]: [usize; 4]) {
+    let (av, bv) = (data(n * c * h * w, 10), data(n * c * h * w, 11));
+    let a = channels_last(ck.input(&av, [n, c, h, w]));
+    let b = channels_last(ck.input(&bv, [n, c, h, w]));
+    let strides = a.strides.clone();
+    assert!(ddrep::gpu_kernels::adds_alike(&a, &b), "two channels-last tensors add alike");
+    let y = ddrep::gpu_kernels::add_same_layout(a.clone(), &b).ok().expect("a float dtype");
+    assert_eq!(y.strides, strides, "the sum keeps the layout");
+    let want: Vec<f64> = av.iter().zip(&bv).map(|(&x, &y)| ck.exact(x) + ck.exact(y)).collect();
+    let got = ck.output::<4>(y);
+    ck.report(format!("add same layout [{n},{c},{h},{w}] channels-last"), &got, &want, 1.0);
+    for rows in if n > 1 { vec![1, n] } else { vec![1] } {
+        let vv = data(rows * c, 12);
+        let v = ck.input(&vv, [rows, c]);
+        assert!(ddrep::gpu_kernels::adds_channels(&a, &v), "a channels-last tensor takes a channel vector");
+        let y = ddrep::gpu_kernels::add_channels(a.clone(), v).ok().expect("a float dtype");
+        assert_eq!(y.strides, strides, "the sum keeps the layout");
+        let got = ck.output::<4>(y);
+        let want: Vec<f64> = (0..av.len())
+            .map(|i| {
+                let (ni, ci) = (i / (c * h * w), (i / (h * w)) % c);
+                ck.exact(av[i]) + ck.exact(vv[if rows == 1 { ci } else { ni * c + ci }])
+            })
+            .collect();
+        ck.report(format!("add per channel [{n},{c},{h},{w}] + [{rows},{c}]"), &got, &want, 1.0);
+    }
+    // NCHW tensors are burn's to add.
+    let x = ck.input(&av, [n, c, h, w]);
+    assert!(!ddrep::gpu_kernels::adds_alike(&x, &x.clone()) && !ddrep::gpu_kernels::adds_channels(&x, &ck.input(&vec![0.0; c], [1, c])));
+}
+
 /// How a row kernel reads rows of `x` along `axis`: its line and whether the row is cached in
 /// shared memory.
 fn row_path(x: &CubeTensor<R>, axis: usize) -> String {
@@ -226,6 +267,11 @@ fn main() {
         }
         for (rows, inner) in [(7, 10), (300, 1280), (5, 7), (3, 6)] {
             geglu(&mut ck, rows, inner);
+        }
+        // Per-channel adds in lines of 4, 2 and 1 channels (same-layout adds in lines of 4, 4
+        // and 2 over the buffer); one sample and two.
+        for dims in [[2, 8, 3, 5], [1, 6, 4, 4], [2, 5, 3, 3]] {
+            adds(&mut ck, dims);
         }
         // SD1.5's convs: 3x3 "same" and the stride-2 downsampler; 1x1; chunks that split an
         // image and leave a short last chunk.
