@@ -163,7 +163,7 @@ fn own_kernel<B: burn::tensor::backend::Backend, const D: usize, const E: usize>
         Ok(y) => Ok(from_cube(y)),
         Err(refused) => {
             let (x, reason) = *refused;
-            say_once(&OPS_REFUSED, || format!("{}=ddrep: the {name} kernel did not run ({}); burn's ops run the norms, softmax and GEGLU from now on in this process", crate::models::sd15::layers::GPU_OPS_ENV, brief_error(&reason)));
+            say_once(&OPS_REFUSED, || format!("{}=ddrep: the {name} kernel did not run ({}); burn's ops run the norms, softmax, GEGLU and adds from now on in this process", crate::models::sd15::layers::GPU_OPS_ENV, brief_error(&reason)));
             Err(from_cube(x))
         }
     }
