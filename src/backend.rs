@@ -212,13 +212,20 @@ fn plain_cube<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
 }
 
+/// Whether [`add`] and [`add_channels`] may take their kernels: plain burn-cuda tensors (the
+/// layout checks convert them) and ddrep's kernels on and not yet refused ([`own_kernel`]).
+#[cfg(feature = "cuda")]
+fn lined_adds<B: burn::tensor::backend::Backend>() -> bool {
+    plain_cube::<B>() && own_kernels::<B>() && !OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `a + b`: on burn-cuda, where both are laid out alike off the contiguous layout (the
 /// channels-last residuals of the UNet under `DDREP_GPU_CONV=cublas`), one pass in lines
 /// ([`crate::gpu_kernels::add_same_layout`]) instead of burn's element-wise kernel, which reads
 /// such tensors one element at a time; anything else is burn's add.
 #[cfg(feature = "cuda")]
 pub fn add<B: burn::tensor::backend::Backend, const D: usize>(a: burn::tensor::Tensor<B, D>, b: burn::tensor::Tensor<B, D>) -> burn::tensor::Tensor<B, D> {
-    if !plain_cube::<B>() || !own_kernels::<B>() || OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+    if !lined_adds::<B>() {
         return a + b;
     }
     let (a, b) = (to_cube(a), to_cube(b));
@@ -241,7 +248,7 @@ pub fn add_channels<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B
         let [n, c] = v.dims();
         x + v.reshape([n, c, 1, 1])
     };
-    if !plain_cube::<B>() || !own_kernels::<B>() || OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+    if !lined_adds::<B>() {
         return burn_add(x, v);
     }
     let (xc, vc) = (to_cube(x), to_cube(v));
@@ -537,7 +544,7 @@ fn cube_tensors<B: burn::tensor::backend::Backend>() -> bool {
     if fused::<B>() {
         return true;
     }
-    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
+    plain_cube::<B>()
 }
 
 /// Whether `B`'s float tensors are [`Fused`] tensors.

@@ -541,17 +541,21 @@ pub fn line_along<R: CubeRuntime>(t: &CubeTensor<R>, axis: usize) -> usize {
         return 1;
     }
     let dtype: StorageType = t.dtype.into();
-    let offset = t.handle.offset_start.unwrap_or(0) as usize;
     let dims = &t.shape.dims;
     t.client
         .io_optimized_line_sizes(&dtype)
         .filter(|&line| {
             dims[axis].is_multiple_of(line)
-                && offset.is_multiple_of(line * t.dtype.size())
+                && offset_aligned(t, line)
                 && t.strides.iter().zip(dims).enumerate().all(|(i, (&s, &d))| i == axis || d == 1 || s.is_multiple_of(line))
         })
         .max()
         .unwrap_or(1)
+}
+
+/// Whether `t`'s view starts on a whole line of `line` elements in its buffer.
+fn offset_aligned<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> bool {
+    (t.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(line * t.dtype.size())
 }
 
 /// Shared memory a row kernel may take for its row cache. Bounded well below the cards' limit
@@ -761,10 +765,9 @@ fn add_repeating<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>, inner: usi
     let client = a.client.clone();
     let out = empty_like(&a, a.shape.clone());
     let out = CubeTensor::new(out.client, out.handle, out.shape, out.device, a.strides.clone(), out.dtype);
-    let offset = |t: &CubeTensor<R>| t.handle.offset_start.unwrap_or(0) as usize;
     let line = client
         .io_optimized_line_sizes(&dtype)
-        .filter(|&l| inner.is_multiple_of(l) && period.is_multiple_of(l) && offset(&a).is_multiple_of(l * a.dtype.size()) && offset(b).is_multiple_of(l * b.dtype.size()))
+        .filter(|&l| inner.is_multiple_of(l) && period.is_multiple_of(l) && offset_aligned(&a, l) && offset_aligned(b, l))
         .max()
         .unwrap_or(1);
     let dim = CubeDim::new_1d(UNITS);
@@ -894,8 +897,8 @@ pub fn im2col_into<R: CubeRuntime>(x: &CubeTensor<R>, out: &CubeTensor<R>, geome
     // Lines of channels where the input is channels-last (1 otherwise); they then divide the
     // output's rows too (`k * k * C` columns).
     let line = line_along(x, 1);
-    // One unit per line of channels up to a cube of UNITS; at least a warp.
-    let dim = CubeDim::new_1d(((c / line).next_power_of_two() as u32).clamp(32, UNITS));
+    // One unit per line of channels (as a row kernel's per line of its row).
+    let dim = row_units(c / line);
     // Safety: cubes past `out`'s rows return first; every input index is inside `x` (checked
     // against its shape), every output index inside `out`.
     unsafe {
