@@ -23,6 +23,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Sample diffreps (or reference images) for one prompt and write PNGs, tensors and a record.
     Sample(SampleArgs),

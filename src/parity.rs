@@ -72,7 +72,7 @@ pub fn parity(a: &ParityArgs) -> Result<()> {
     for c in &checks {
         println!("| {} | {:.3e} | {tol:.0e} | {} |", c.name, c.rel_err, if c.rel_err < tol { "yes" } else { "NO" });
     }
-    let failed: Vec<&str> = checks.iter().filter(|c| !(c.rel_err < tol)).map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = checks.iter().filter(|c| c.rel_err.is_nan() || c.rel_err >= tol).map(|c| c.name.as_str()).collect();
     if let Some(path) = &a.json {
         let v = json!({
             "device": a.device, "precision": precision, "tolerance": tol,

@@ -18,6 +18,7 @@ pub const SD15_FOLDER_HOWTO: &str = "a diffusers-format Stable Diffusion 1.5 fol
 
 /// A loaded denoiser: both kinds sample the same way; SD1.5 samples are latents that the VAE
 /// turns into images.
+#[allow(clippy::large_enum_variant)] // one per run: boxing the analytic prior buys nothing
 pub enum Model<B: Backend> {
     Analytic(AnalyticPrior),
     Sd15(Box<Sd15<B>>),

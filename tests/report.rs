@@ -98,6 +98,7 @@ fn check_plots(report: &Path, names: &[&str]) {
 }
 
 /// A fake finished cell with a small image.
+#[allow(clippy::too_many_arguments)] // one per field of the cell's record
 fn fake_cell(root: &Path, id: &str, label: &str, cfg: f64, seed: u64, ci: usize, caption: &str, shade: u8) {
     let d = root.join("cells").join(id);
     std::fs::create_dir_all(&d).unwrap();

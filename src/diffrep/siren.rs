@@ -97,7 +97,8 @@ impl SirenConfig {
                 bail!("siren.max_frequency must be positive, got {f}");
             }
         }
-        if !(self.coord_range[0] < self.coord_range[1]) {
+        // NaN bounds compare as unordered and are refused too.
+        if self.coord_range[0].partial_cmp(&self.coord_range[1]) != Some(std::cmp::Ordering::Less) {
             bail!("siren.coord_range must be increasing, got {:?}", self.coord_range);
         }
         Ok(())

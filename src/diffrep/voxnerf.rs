@@ -162,13 +162,11 @@ impl VoxNerfConfig {
         if !(self.step_ratio.is_finite() && self.step_ratio > 0.0) {
             bail!("voxnerf.step_ratio must be positive, got {}", self.step_ratio);
         }
-        if !(self.blob_radius.is_finite() && self.blob_radius > 0.0) || !self.blob_lambda.is_finite() {
+        if !(self.blob_radius.is_finite() && self.blob_radius > 0.0 && self.blob_lambda.is_finite()) {
             bail!("voxnerf.blob_radius must be positive and blob_lambda finite");
         }
-        if !(self.feature_init_std.is_finite() && self.feature_init_std >= 0.0)
-            || !self.density_shift.is_finite()
-            || !self.density_log_scale.is_finite()
-        {
+        let finite = self.feature_init_std.is_finite() && self.density_shift.is_finite() && self.density_log_scale.is_finite();
+        if !(finite && self.feature_init_std >= 0.0) {
             bail!("voxnerf.feature_init_std, density_shift and density_log_scale must be finite (std >= 0)");
         }
         self.views.validate(Some(self.bound))

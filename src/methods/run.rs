@@ -219,6 +219,9 @@ fn collect_views<B: AutodiffBackend, R: MultiviewDiffrep<B>>(
     res
 }
 
+/// Renders a fitted multiview diffrep's turntable: `(frames, images)`, or `None` for none.
+type Turntable<'a, R, B> = dyn Fn(&R, &<R as crate::diffrep::Diffrep<B>>::Params) -> Result<Option<(usize, Tensor<<B as AutodiffBackend>::InnerBackend, 4>)>> + 'a;
+
 /// DDRep or SJC on a multiview diffrep built by `make` (SJC may ask for its own number of
 /// views per iteration).
 #[allow(clippy::too_many_arguments)]
@@ -226,7 +229,7 @@ fn run_views<B, R>(
     model: &dyn Denoiser<B::InnerBackend>,
     method: &MethodSpec,
     make: &dyn Fn(Option<usize>) -> Result<R>,
-    turntable: &dyn Fn(&R, &R::Params) -> Result<Option<(usize, Tensor<B::InnerBackend, 4>)>>,
+    turntable: &Turntable<'_, R, B>,
     prompts: &[String],
     guidance: Guidance,
     seeds: &[u64],

@@ -72,7 +72,7 @@ impl SolverConfig {
                 if !(lr.is_finite() && *lr > 0.0) {
                     bail!("solver.lr must be positive, got {lr}");
                 }
-                if !(0.0..1.0).contains(beta_1) || !(0.0..1.0).contains(beta_2) || !(*epsilon > 0.0) {
+                if !(0.0..1.0).contains(beta_1) || !(0.0..1.0).contains(beta_2) || epsilon.is_nan() || *epsilon <= 0.0 {
                     bail!("solver betas must be in [0, 1) and epsilon positive");
                 }
             }

@@ -216,7 +216,8 @@ impl AnalyticPrior {
         if !(config.pixel_std > 0.0 && config.pixel_std.is_finite()) {
             bail!("analytic prior pixel_std must be positive, got {}", config.pixel_std);
         }
-        if !config.exponent.is_finite() || !config.mean_scale.is_finite() || config.mean_scale < 0.0 || !(config.chroma_weight > 0.0 && config.chroma_weight.is_finite()) {
+        let finite = config.exponent.is_finite() && config.mean_scale.is_finite() && config.chroma_weight.is_finite();
+        if !(finite && config.mean_scale >= 0.0 && config.chroma_weight > 0.0) {
             bail!("analytic prior exponent, mean_scale and chroma_weight must be finite (mean_scale >= 0, chroma_weight > 0)");
         }
         let mut variances = Vec::with_capacity(c * h * w);

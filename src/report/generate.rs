@@ -136,8 +136,15 @@ fn grid_cells(file: &Path, overrides: &[String], f: &schema::ExperimentFile, roo
     Ok(out)
 }
 
+/// A tile grid's column: its heading and which cells it shows.
+type Column<'a> = (String, Box<dyn Fn(&CellInfo) -> bool + 'a>);
+
+/// The statistic a consistency plot draws from each row.
+type ConsistencyStat = fn(&figures::ConsistencyRow) -> Option<figures::SeStat>;
+
 /// One strip / tile grid per `key`: rows labels, columns `cols` (heading, matcher).
-fn tile_grid(root: &Path, cs: &[&CellInfo], order: &[String], cols: &[(String, Box<dyn Fn(&CellInfo) -> bool + '_>)], file_name: &str, caption: String, subtitle: String, out: &Path) -> Result<()> {
+#[allow(clippy::too_many_arguments)] // the cells, their arrangement, the file and the figure's texts
+fn tile_grid(root: &Path, cs: &[&CellInfo], order: &[String], cols: &[Column<'_>], file_name: &str, caption: String, subtitle: String, out: &Path) -> Result<()> {
     let row_labels = table::ordered_labels(cs.iter().map(|c| c.label.clone()), order);
     let tiles = row_labels
         .iter()
@@ -331,7 +338,7 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     // Consistency plots: the RePaint on / off ablation figure (overlap) and the residual.
     if !consistency.is_empty() {
         let ccfgs = distinct_cfgs(consistency.iter().map(|r| r.cfg));
-        let plots_of: [(&str, &str, &str, fn(&figures::ConsistencyRow) -> Option<figures::SeStat>); 2] = [
+        let plots_of: [(&str, &str, &str, ConsistencyStat); 2] = [
             ("overlap", "Final overlap disagreement", "overlap disagreement (mean ± s.e., lower is better)", |r| r.overlap),
             ("residual", "Final multiview residual", "residual RMS (mean ± s.e.)", |r| r.residual),
         ];
@@ -370,7 +377,7 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     let mut strips = Vec::new();
     for ((ci, seed), cs) in &by_cs {
         let ccfgs = distinct_cfgs(cs.iter().map(|c| c.cfg));
-        let cols: Vec<(String, Box<dyn Fn(&CellInfo) -> bool>)> =
+        let cols: Vec<Column> =
             grids::cfg_cols(&ccfgs).into_iter().zip(ccfgs.iter().copied()).map(|(h, w)| (h, Box::new(move |c: &CellInfo| c.cfg == w) as Box<dyn Fn(&CellInfo) -> bool>)).collect();
         let caption = cs[0].caption.clone();
         let complete: Vec<&CellInfo> = cs.iter().copied().filter(|c| Store::is_complete(&root, &c.id)).collect();
@@ -415,7 +422,7 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
             if seeds.len() < 2 {
                 continue;
             }
-            let cols: Vec<(String, Box<dyn Fn(&CellInfo) -> bool>)> = seeds.iter().map(|&s| (format!("seed {s}"), Box::new(move |c: &CellInfo| c.seed == s) as Box<dyn Fn(&CellInfo) -> bool>)).collect();
+            let cols: Vec<Column> = seeds.iter().map(|&s| (format!("seed {s}"), Box::new(move |c: &CellInfo| c.seed == s) as Box<dyn Fn(&CellInfo) -> bool>)).collect();
             let wt = cfg_text(w);
             let name = format!("diversity_c{ci:03}_cfg{wt}.png");
             let path = out.join("grids").join(&name);

@@ -31,9 +31,7 @@ impl Law {
         let mut mean = b;
         let mut cov = q;
         for i in 0..3 {
-            for k in 0..3 {
-                mean[i] += a[i][k] * self.mean[k];
-            }
+            mean[i] = (0..3).fold(mean[i], |m, k| m + a[i][k] * self.mean[k]);
             for j in 0..3 {
                 for k in 0..3 {
                     for l in 0..3 {
