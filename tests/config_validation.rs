@@ -63,7 +63,8 @@ fn analytic_prior_refuses_nan_and_out_of_range() {
     let base = || AnalyticConfig { captions: vec!["a".into()], ..Default::default() };
     AnalyticPrior::new(base()).unwrap();
     AnalyticPrior::new(AnalyticConfig { mean_scale: 0.0, ..base() }).unwrap();
-    let cases: [(&str, fn(&mut AnalyticConfig, f64), f64); 7] = [
+    type Set = fn(&mut AnalyticConfig, f64);
+    let cases: [(&str, Set, f64); 7] = [
         ("exponent", |c, x| c.exponent = x, f64::NAN),
         ("exponent", |c, x| c.exponent = x, f64::INFINITY),
         ("mean_scale", |c, x| c.mean_scale = x, f64::NAN),
