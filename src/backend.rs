@@ -200,10 +200,12 @@ pub fn cuda_softmax<B: burn::tensor::backend::Backend, const D: usize>(x: burn::
     own_kernel(x, "softmax", crate::gpu_kernels::softmax_last)
 }
 
-/// GEGLU on `[n, L, 2 * inner]` by [`crate::gpu_kernels::geglu`]; see [`own_kernel`].
+/// GEGLU on `[n, L, 2 * inner]` (plus `bias`, `[2 * inner]`, first) by
+/// [`crate::gpu_kernels::geglu`]; see [`own_kernel`].
 #[cfg(feature = "cuda")]
-pub fn cuda_geglu<B: burn::tensor::backend::Backend>(h: burn::tensor::Tensor<B, 3>) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
-    own_kernel(h, "GEGLU", crate::gpu_kernels::geglu)
+pub fn cuda_geglu<B: burn::tensor::backend::Backend>(h: burn::tensor::Tensor<B, 3>, bias: Option<&burn::tensor::Tensor<B, 1>>) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
+    let bias = bias.map(|b| to_cube(b.clone()));
+    own_kernel(h, "GEGLU", |h| crate::gpu_kernels::geglu(h, bias.as_ref()))
 }
 
 /// Whether `B`'s float tensors are burn-cuda's own (not fusion's, whose element-wise ops fuse).
@@ -212,7 +214,7 @@ fn plain_cube<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
 }
 
-/// Whether [`add`] and [`add_channels`] may take their kernels: plain burn-cuda tensors (the
+/// Whether [`add`], [`add_channels`] and [`add_bias_residual`] may take their kernels: plain burn-cuda tensors (the
 /// layout checks convert them) and ddrep's kernels on and not yet refused ([`own_kernel`]).
 #[cfg(feature = "cuda")]
 fn lined_adds<B: burn::tensor::backend::Backend>() -> bool {
@@ -258,6 +260,26 @@ pub fn add_channels<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B
     match own_kernel(from_cube::<B, 4>(xc), "channel add", |x| crate::gpu_kernels::add_channels(x, vc.clone())) {
         Ok(y) => y,
         Err(x) => burn_add(x, from_cube(vc)),
+    }
+}
+
+/// `r + (y + bias)`, `y` a linear layer's output `[.., C]` and `bias` its `[C]`: on burn-cuda,
+/// where `y` is contiguous and `r` laid out alike, one pass
+/// ([`crate::gpu_kernels::add_bias_residual`]) instead of two adds; anything else is burn's
+/// two adds, as the layer and the residual would run them.
+#[cfg(feature = "cuda")]
+pub fn add_bias_residual<B: burn::tensor::backend::Backend, const D: usize>(y: burn::tensor::Tensor<B, D>, bias: &burn::tensor::Tensor<B, 1>, r: burn::tensor::Tensor<B, D>) -> burn::tensor::Tensor<B, D> {
+    let burn_adds = |y: burn::tensor::Tensor<B, D>, r: burn::tensor::Tensor<B, D>| r + (y + bias.clone().unsqueeze());
+    if !lined_adds::<B>() {
+        return burn_adds(y, r);
+    }
+    let (yc, bc, rc) = (to_cube(y), to_cube(bias.clone()), to_cube(r));
+    if !crate::gpu_kernels::adds_bias_residual(&yc, &bc, &rc) {
+        return burn_adds(from_cube(yc), from_cube(rc));
+    }
+    match own_kernel(from_cube::<B, D>(yc), "bias and residual add", |y| crate::gpu_kernels::add_bias_residual(y, &bc, &rc)) {
+        Ok(out) => out,
+        Err(y) => burn_adds(y, from_cube(rc)),
     }
 }
 

@@ -389,9 +389,11 @@ fn softmax_rows<F: Float>(
 
 /// GEGLU on a contiguous `[rows, 2 * inner]`: `value * gelu(gate)` with the first half the
 /// value and the second the gate, exact (erf) GELU in f32, into a contiguous `[rows, inner]`;
-/// one line of `out.line_size()` outputs per unit.
+/// one line of `out.line_size()` outputs per unit. With `with_bias`, `bias` (`[2 * inner]`,
+/// the projection's bias) is added to `h` first, rounded as a separate add would round it;
+/// without, `bias` is not read.
 #[cube(launch_unchecked)]
-fn geglu_elems<F: Float>(h: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, #[define(F)] _dtype: StorageType) {
+fn geglu_elems<F: Float>(h: &Tensor<Line<F>>, bias: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, #[comptime] with_bias: bool, #[define(F)] _dtype: StorageType) {
     if ABSOLUTE_POS >= out.len() {
         terminate!();
     }
@@ -399,8 +401,12 @@ fn geglu_elems<F: Float>(h: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, #[defin
     let inner = out.shape(out.rank() - 1) / line;
     let row = ABSOLUTE_POS / inner;
     let j = ABSOLUTE_POS % inner;
-    let value = h[row * 2 * inner + j];
-    let gate = h[row * 2 * inner + inner + j];
+    let mut value = h[row * 2 * inner + j];
+    let mut gate = h[row * 2 * inner + inner + j];
+    if with_bias {
+        value += bias[j];
+        gate += bias[inner + j];
+    }
     let mut o = Line::empty(line);
     #[unroll]
     for k in 0..line {
@@ -415,16 +421,32 @@ fn geglu_elems<F: Float>(h: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, #[defin
 /// (and `out`, which has `a`'s layout) adds element `(i / period) * inner + i % inner` of `b`'s
 /// buffer, so that `b` may be `a`'s own layout (`inner = period =` all of it), or a per-channel
 /// vector repeated over a channels-last tensor's pixels (`inner` = channels; `period` = one
-/// sample's elements for a vector per sample, or all of them for one vector). In lines: the
-/// launcher divides `inner` and `period` by the line, which divides both.
+/// sample's elements for a vector per sample, or all of them for one vector). With
+/// `with_residual`, `r` (laid out as `a`) is added after, rounded as a second add would round
+/// it: `(a + b) + r`, a layer's bias and its residual in one pass; without, `r` is not read.
+/// In lines: the launcher divides `inner` and `period` by the line, which divides both.
 #[cube(launch_unchecked)]
-fn add_repeating_lines<F: Float>(a: &Tensor<Line<F>>, b: &Tensor<Line<F>>, out: &mut Tensor<Line<F>>, inner: u32, period: u32, #[define(F)] _dtype: StorageType) {
+fn add_repeating_lines<F: Float>(
+    a: &Tensor<Line<F>>,
+    b: &Tensor<Line<F>>,
+    r: &Tensor<Line<F>>,
+    out: &mut Tensor<Line<F>>,
+    inner: u32,
+    period: u32,
+    #[comptime] with_residual: bool,
+    #[define(F)] _dtype: StorageType,
+) {
     if ABSOLUTE_POS >= out.len() {
         terminate!();
     }
     let i = ABSOLUTE_POS;
     let (inner, period) = (inner as usize, period as usize);
-    out[i] = a[i] + b[(i / period) * inner + i % inner];
+    let sum = a[i] + b[(i / period) * inner + i % inner];
+    if with_residual {
+        out[i] = sum + r[i];
+    } else {
+        out[i] = sum;
+    }
 }
 
 /// Rows `row0..row0 + out.shape(0)` of the im2col matrix of `x` (`[N, C, H, W]`, any strides)
@@ -752,14 +774,16 @@ fn is_dense<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
     })
 }
 
-/// `a + b` for `a` dense ([`is_dense`]) and `b` read as `inner`/`period` say
-/// ([`add_repeating_lines`]), into a tensor with `a`'s layout. `b`'s buffer must hold
-/// `(len / period) * inner` elements in that order (the callers below check it).
-fn add_repeating<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>, inner: usize, period: usize) -> KernelResult<R> {
+/// `a + b` (then `+ r`, when given) for `a` dense ([`is_dense`]), `b` read as `inner`/`period`
+/// say ([`add_repeating_lines`]) and `r` laid out as `a`, into a tensor with `a`'s layout.
+/// `b`'s buffer must hold `(len / period) * inner` elements in that order (the callers below
+/// check it).
+fn add_repeating<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>, r: Option<&CubeTensor<R>>, inner: usize, period: usize) -> KernelResult<R> {
     let (a, dtype) = with_dtype(a)?;
     let total = a.shape.num_elements();
-    if b.dtype != a.dtype || !is_dense(&a) || inner == 0 || period == 0 || total % period != 0 || b.shape.num_elements() != total / period * inner {
-        let why = format!("{:?} {:?} + {:?} {:?}", a.shape.dims, a.dtype, b.shape.dims, b.dtype);
+    let r_alike = r.is_none_or(|r| r.dtype == a.dtype && r.shape.dims == a.shape.dims && r.strides == a.strides);
+    if b.dtype != a.dtype || !is_dense(&a) || !r_alike || inner == 0 || period == 0 || total % period != 0 || b.shape.num_elements() != total / period * inner {
+        let why = format!("{:?} {:?} + {:?} {:?}{}", a.shape.dims, a.dtype, b.shape.dims, b.dtype, r.map_or(String::new(), |r| format!(" + {:?} {:?} (strides {:?} against {:?})", r.shape.dims, r.dtype, r.strides, a.strides)));
         return Err(Box::new((a, why)));
     }
     let client = a.client.clone();
@@ -767,12 +791,13 @@ fn add_repeating<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>, inner: usi
     let out = CubeTensor::new(out.client, out.handle, out.shape, out.device, a.strides.clone(), out.dtype);
     let line = client
         .io_optimized_line_sizes(&dtype)
-        .filter(|&l| inner.is_multiple_of(l) && period.is_multiple_of(l) && offset_aligned(&a, l) && offset_aligned(b, l))
+        .filter(|&l| inner.is_multiple_of(l) && period.is_multiple_of(l) && offset_aligned(&a, l) && offset_aligned(b, l) && r.is_none_or(|r| offset_aligned(r, l)))
         .max()
         .unwrap_or(1);
     let dim = CubeDim::new_1d(UNITS);
-    // Safety: `a` and `out` hold `total` elements in their buffers (dense); every index into
-    // `b` is below `(total / period) * inner`, its length.
+    // Safety: `a`, `r` and `out` hold `total` elements in their buffers (dense, one layout);
+    // every index into `b` is below `(total / period) * inner`, its length. Without `r`, `a` is
+    // bound in its place and not read.
     let launch = unsafe {
         add_repeating_lines::launch_unchecked(
             &client,
@@ -780,9 +805,11 @@ fn add_repeating<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>, inner: usi
             dim,
             a.as_tensor_arg(line),
             b.as_tensor_arg(line),
+            r.unwrap_or(&a).as_tensor_arg(line),
             out.as_tensor_arg(line),
             ScalarArg::new((inner / line) as u32),
             ScalarArg::new((period / line) as u32),
+            r.is_some(),
             dtype,
         )
     };
@@ -805,7 +832,7 @@ pub fn add_same_layout<R: CubeRuntime>(a: CubeTensor<R>, b: &CubeTensor<R>) -> K
         return Err(Box::new((a, why)));
     }
     let total = a.shape.num_elements();
-    add_repeating(a, b, total, total)
+    add_repeating(a, b, None, total, total)
 }
 
 /// Whether [`add_channels`] takes `x + v`: `x` a channels-last `[N, C, H, W]`, `v` a `[1, C]`
@@ -830,14 +857,43 @@ pub fn add_channels<R: CubeRuntime>(x: CubeTensor<R>, v: CubeTensor<R>) -> Kerne
     let (total, [n, c]) = (x.shape.num_elements(), [v.shape.dims[0], v.shape.dims[1]]);
     // One vector per sample repeats every sample's elements; a single one over all of them.
     let period = if n > 1 { total / n } else { total };
-    add_repeating(x, &v, c, period)
+    add_repeating(x, &v, None, c, period)
+}
+
+/// Whether [`add_bias_residual`] takes `(y + bias) + r`: `y` contiguous with `C` on its last
+/// axis, `bias` a `[C]`, `r` of `y`'s shape, strides and dtype.
+pub fn adds_bias_residual<R: CubeRuntime>(y: &CubeTensor<R>, bias: &CubeTensor<R>, r: &CubeTensor<R>) -> bool {
+    let c = y.shape.dims.last().copied().unwrap_or(0);
+    y.is_contiguous() && bias.shape.dims == [c] && bias.dtype == y.dtype && r.shape.dims == y.shape.dims && r.strides == y.strides && r.dtype == y.dtype
+}
+
+/// `(y + bias) + r` in one pass: a linear layer's output `y` (`[.., C]`, contiguous) with its
+/// bias `[C]` and a residual `r` laid out as `y`, rounded as the two adds would be (the
+/// transformer blocks' `x + to_out(a)` and `x + ff_out(h)`: one launch instead of two). `Err`
+/// hands `y` back with the reason ([`KernelResult`]).
+pub fn add_bias_residual<R: CubeRuntime>(y: CubeTensor<R>, bias: &CubeTensor<R>, r: &CubeTensor<R>) -> KernelResult<R> {
+    if !adds_bias_residual(&y, bias, r) {
+        let why = format!("{:?} (strides {:?}) + {:?} + {:?} (strides {:?})", y.shape.dims, y.strides, bias.shape.dims, r.shape.dims, r.strides);
+        return Err(Box::new((y, why)));
+    }
+    let bias = contiguous(bias.clone());
+    let (total, c) = (y.shape.num_elements(), bias.shape.dims[0]);
+    add_repeating(y, &bias, Some(r), c, total)
 }
 
 /// GEGLU on `[n, L, 2 * inner]`: the first half times the exact GELU of the second, into a
-/// contiguous `[n, L, inner]`. `Err` hands `h` back with the reason ([`KernelResult`]).
-pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
+/// contiguous `[n, L, inner]`; with `bias` (`[2 * inner]`, the projection's), `h + bias` in
+/// its place (one launch instead of two). `Err` hands `h` back with the reason
+/// ([`KernelResult`]).
+pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>, bias: Option<&CubeTensor<R>>) -> KernelResult<R> {
     let (h, dtype) = with_dtype(h)?;
     let h = contiguous(h);
+    let two_inner = h.shape.dims.last().copied().unwrap_or(0);
+    if let Some(b) = bias.filter(|b| b.shape.dims != [two_inner] || b.dtype != h.dtype) {
+        let why = format!("GEGLU of {:?} with a bias of {:?} {:?}", h.shape.dims, b.shape.dims, b.dtype);
+        return Err(Box::new((h, why)));
+    }
+    let bias = bias.map(|b| contiguous(b.clone()));
     let mut dims = h.shape.dims.clone();
     *dims.last_mut().expect("a tensor with axes") /= 2;
     let client = h.client.clone();
@@ -847,16 +903,20 @@ pub fn geglu<R: CubeRuntime>(h: CubeTensor<R>) -> KernelResult<R> {
         return Ok(out);
     }
     let dim = CubeDim::new_1d(UNITS);
-    // A line that divides the output row divides the input's (twice as long) too.
+    // A line that divides the output row divides the input's (twice as long) and the bias too.
     let line = line_along(&out, out.shape.num_dims() - 1);
-    // Safety: as in `group_norm`.
+    let line = if bias.as_ref().is_none_or(|b| offset_aligned(b, line)) { line } else { 1 };
+    // Safety: as in `group_norm`; the bias holds `2 * inner` elements, as the kernel reads.
+    // Without a bias, `h` is bound in its place and not read.
     let launch = unsafe {
         geglu_elems::launch_unchecked(
             &client,
             cubecl::calculate_cube_count_elemwise(&client, elems / line, dim),
             dim,
             h.as_tensor_arg(line),
+            bias.as_ref().unwrap_or(&h).as_tensor_arg(line),
             out.as_tensor_arg(line),
+            bias.is_some(),
             dtype,
         )
     };

@@ -73,7 +73,7 @@ impl<B: Backend> Linear<B> {
             }
             Params::Host { w, b } => {
                 let mut shape = x.dims();
-                let rows = shape[..D - 1].iter().product();
+                let rows: usize = shape[..D - 1].iter().product();
                 let device = x.device();
                 let y = cpu_kernels::linear(
                     &cpu_kernels::to_vec(x),
@@ -86,6 +86,27 @@ impl<B: Backend> Linear<B> {
                 shape[D - 1] = self.out;
                 tensor_from_vec(y, shape, &device)
             }
+        }
+    }
+
+    /// `residual + self.forward(x)`: on burn-cuda the bias and the residual are added in one
+    /// pass after the matmul (`crate::backend::add_bias_residual`), one launch fewer per
+    /// transformer sublayer; elsewhere exactly the layer and then the add.
+    pub fn forward_residual<const D: usize>(&self, x: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.p {
+            #[cfg(feature = "cuda")]
+            Params::Backend { w, b: Some(b) } => crate::backend::add_bias_residual(matmul(x, w.clone().unsqueeze(), self.kernel), b, residual),
+            _ => residual + self.forward(x),
+        }
+    }
+
+    /// `geglu(self.forward(x))`: on burn-cuda the bias is added inside the GEGLU kernel
+    /// ([`geglu_with_bias`]), one launch fewer per feed-forward.
+    pub fn forward_geglu(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.p {
+            #[cfg(feature = "cuda")]
+            Params::Backend { w, b: Some(b) } => geglu_with_bias(matmul(x, w.clone().unsqueeze(), self.kernel), b),
+            _ => geglu(self.forward(x)),
         }
     }
 }
@@ -858,11 +879,21 @@ pub fn geglu<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 3> {
         return tensor_from_vec(y, [n, l, inner], &device);
     }
     #[cfg(feature = "cuda")]
-    let h = match crate::backend::cuda_geglu(h) {
+    let h = match crate::backend::cuda_geglu(h, None) {
         Ok(y) => return y,
         Err(h) => h,
     };
     h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner))
+}
+
+/// [`geglu`] of `h + bias` (`bias` `[2 * inner]`), the bias added inside the GEGLU kernel on
+/// burn-cuda; elsewhere, and where that kernel does not run, the add and then [`geglu`].
+#[cfg(feature = "cuda")]
+fn geglu_with_bias<B: Backend>(h: Tensor<B, 3>, bias: &Tensor<B, 1>) -> Tensor<B, 3> {
+    match crate::backend::cuda_geglu(h, Some(bias)) {
+        Ok(y) => y,
+        Err(h) => geglu(h + bias.clone().unsqueeze()),
+    }
 }
 
 /// `x * sigmoid(1.702 x)`: CLIP's activation.

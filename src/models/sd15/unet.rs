@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
 use super::layers::{
-    add, geglu, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
+    add, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
     ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
@@ -37,7 +37,9 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 3>, ctx: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `residual + attention(x, ctx)`, the output projection's bias and the residual added
+    /// together (`Linear::forward_residual`).
+    fn forward_residual(&self, x: Tensor<B, 3>, ctx: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let a = multi_head_attention(
             self.to_q.forward(x),
             self.to_k.forward(ctx.clone()),
@@ -46,7 +48,7 @@ impl<B: Backend> Attention<B> {
             None,
             self.kernels,
         );
-        self.to_out.forward(a)
+        self.to_out.forward_residual(a, residual)
     }
 }
 
@@ -77,10 +79,10 @@ impl<B: Backend> TransformerBlock<B> {
 
     fn forward(&self, x: Tensor<B, 3>, ctx: &Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.norm1.forward(x.clone());
-        let x = x + self.attn1.forward(h.clone(), h);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), ctx.clone());
-        let h = self.ff_proj.forward(self.norm3.forward(x.clone()));
-        x + self.ff_out.forward(geglu(h))
+        let x = self.attn1.forward_residual(h.clone(), h, x);
+        let x = self.attn2.forward_residual(self.norm2.forward(x.clone()), ctx.clone(), x);
+        let h = self.ff_proj.forward_geglu(self.norm3.forward(x.clone()));
+        self.ff_out.forward_residual(h, x)
     }
 }
 

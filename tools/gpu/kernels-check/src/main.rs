@@ -1,5 +1,6 @@
 //! Runs ddrep's own cubecl kernels (`ddrep::gpu_kernels`: group norm with and without SiLU,
-//! NCHW and channels-last; layer norm; softmax; GEGLU; im2col) on burn's wgpu backend and compares each
+//! NCHW and channels-last; layer norm; softmax; GEGLU with and without its bias; im2col; the
+//! adds) on burn's wgpu backend and compares each
 //! output with its f64 definition, computed from the inputs as rounded to the kernel's dtype.
 //! Prints one line per case and exits 1 if any is outside its tolerance.
 //!
@@ -121,19 +122,39 @@ fn softmax(ck: &mut Check, rows: usize, width: usize) {
     ck.report(format!("softmax [{rows},{width}] {path}"), &got, &want, 1e-3);
 }
 
-fn geglu(ck: &mut Check, rows: usize, inner: usize) {
-    let hv = data(rows * 2 * inner, 8);
+/// GEGLU, with the projection's bias added in the kernel or without one.
+fn geglu(ck: &mut Check, rows: usize, inner: usize, with_bias: bool) {
+    let (hv, bv) = (data(rows * 2 * inner, 8), data(2 * inner, 13));
     let h = ck.input(&hv, [1, rows, 2 * inner]);
     let line = ddrep::gpu_kernels::line_along(&ck.input(&vec![0.0; rows * inner], [1, rows, inner]), 2);
-    let got = ck.output::<3>(ddrep::gpu_kernels::geglu(h).ok().expect("a float dtype"));
+    let bias = with_bias.then(|| ck.input(&bv, [2 * inner]));
+    let got = ck.output::<3>(ddrep::gpu_kernels::geglu(h, bias.as_ref()).ok().expect("a float dtype"));
+    // The bias add rounds to the dtype as a separate add would.
+    let biased = |x: f32, j: usize| if with_bias { ck.exact((ck.exact(x) + ck.exact(bv[j])) as f32) } else { ck.exact(x) };
     let mut want = Vec::with_capacity(rows * inner);
     for row in hv.chunks(2 * inner) {
         for j in 0..inner {
-            let (value, gate) = (ck.exact(row[j]), ck.exact(row[inner + j]));
+            let (value, gate) = (biased(row[j], j), biased(row[inner + j], inner + j));
             want.push(value * 0.5 * gate * (1.0 + erf(gate / 2f64.sqrt())));
         }
     }
-    ck.report(format!("geglu [{rows},{inner}] line {line}"), &got, &want, 1.0);
+    ck.report(format!("geglu [{rows},{inner}] bias {with_bias} line {line}"), &got, &want, 1.0);
+}
+
+/// `(y + bias) + r` for a linear layer's contiguous `[n, l, c]` output, its bias and a residual
+/// laid out alike, against the two rounded adds; a residual laid out otherwise is burn's to add.
+fn bias_residual(ck: &mut Check, [n, l, c]: [usize; 3]) {
+    let (yv, bv, rv) = (data(n * l * c, 14), data(c, 15), data(n * l * c, 16));
+    let (y, b, r) = (ck.input(&yv, [n, l, c]), ck.input(&bv, [c]), ck.input(&rv, [n, l, c]));
+    assert!(ddrep::gpu_kernels::adds_bias_residual(&y, &b, &r), "a contiguous output takes its bias and residual");
+    let line = ddrep::gpu_kernels::line_along(&y, 2);
+    let got = ck.output::<3>(ddrep::gpu_kernels::add_bias_residual(y.clone(), &b, &r).ok().expect("a float dtype"));
+    let want: Vec<f64> = (0..yv.len()).map(|i| ck.exact((ck.exact(yv[i]) + ck.exact(bv[i % c])) as f32) + ck.exact(rv[i])).collect();
+    ck.report(format!("add bias and residual [{n},{l},{c}] line {line}"), &got, &want, 1.0);
+    if l > 1 && c > 1 {
+        let swapped = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(ck.input(&rv, [n, c, l]))).swap_dims(1, 2).into_primitive().tensor();
+        assert!(!ddrep::gpu_kernels::adds_bias_residual(&y, &b, &swapped), "a residual laid out otherwise is refused");
+    }
 }
 
 /// im2col of an NCHW or channels-last input, written in chunks of `chunk` rows into one
@@ -266,7 +287,13 @@ fn main() {
             softmax(&mut ck, rows, width);
         }
         for (rows, inner) in [(7, 10), (300, 1280), (5, 7), (3, 6)] {
-            geglu(&mut ck, rows, inner);
+            for with_bias in [false, true] {
+                geglu(&mut ck, rows, inner, with_bias);
+            }
+        }
+        // The transformer blocks' output projections: lines of 4, 2 and 1 along the channels.
+        for dims in [[2, 13, 320], [1, 7, 6], [2, 3, 5], [1, 1, 1]] {
+            bias_residual(&mut ck, dims);
         }
         // Per-channel adds in lines of 4, 2 and 1 channels (same-layout adds in lines of 4, 4
         // and 2 over the buffer); one sample and two.
