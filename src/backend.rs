@@ -98,7 +98,7 @@ fn gpu_tag(lib: &libloading::Library) -> Option<String> {
 pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     x: burn::tensor::Tensor<B, 4>,
     w: &burn::tensor::Tensor<B, 4>,
-    b: &burn::tensor::Tensor<B, 1>,
+    b: Option<&burn::tensor::Tensor<B, 1>>,
     options: burn::tensor::ops::ConvOptions<2>,
     kernel: crate::models::sd15::layers::GpuConv,
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
@@ -108,7 +108,7 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
     if !cube_tensors::<B>() {
         return Err(x);
     }
-    let (input, weight, bias) = (to_cube(x), to_cube(w.clone()), to_cube(b.clone()));
+    let (input, weight, bias) = (to_cube(x), to_cube(w.clone()), b.map(|b| to_cube(b.clone())));
     let sibling = match kernel {
         GpuConv::ImplicitGemmMma => Some((Read::Strided, Tile::Mma)),
         GpuConv::ImplicitGemmAsync => Some((Read::AsyncCyclic, Tile::Cmma)),
@@ -123,7 +123,7 @@ pub fn cuda_conv2d_implicit_gemm<B: burn::tensor::backend::Backend>(
             Err(e) => say_once(&CONV_SIBLING_REFUSED, || format!("DDREP_GPU_CONV={}: cubek refused a conv of input {:?} ({}); convs run the default implicit-gemm kernel from now on in this process", kernel.name(), input.shape.dims, brief_error(&e))),
         }
     }
-    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, Some(bias), options, ConvStrategy::ImplicitGemm) {
+    match conv_forward::<burn::cubecl::cuda::CudaRuntime, 2>(input.clone(), weight, bias, options, ConvStrategy::ImplicitGemm) {
         Ok(y) => Ok(from_cube(y)),
         Err(e) => {
             static SAID: AtomicBool = AtomicBool::new(false);
@@ -214,7 +214,7 @@ fn plain_cube<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<Cube>()
 }
 
-/// Whether [`add`], [`add_channels`] and [`add_bias_residual`] may take their kernels: plain burn-cuda tensors (the
+/// Whether [`add`], [`add_channels`], [`add_channels_residual`] and [`add_bias_residual`] may take their kernels: plain burn-cuda tensors (the
 /// layout checks convert them) and ddrep's kernels on and not yet refused ([`own_kernel`]).
 #[cfg(feature = "cuda")]
 fn lined_adds<B: burn::tensor::backend::Backend>() -> bool {
@@ -283,6 +283,30 @@ pub fn add_bias_residual<B: burn::tensor::backend::Backend, const D: usize>(y: b
     }
 }
 
+/// `r + (x + v)` per channel, `x` `[N, C, H, W]`, `v` `[1, C]` and `r` of `x`'s shape: on
+/// burn-cuda, where `x` is channels-last and `r` laid out alike (the resnets' second conv and
+/// their skip, the transformers' `proj_out` and their input, under the cuBLAS and
+/// implicit-GEMM convs), one pass ([`crate::gpu_kernels::add_channels_residual`]); anything
+/// else is burn's two adds.
+#[cfg(feature = "cuda")]
+pub fn add_channels_residual<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>, r: burn::tensor::Tensor<B, 4>) -> burn::tensor::Tensor<B, 4> {
+    let burn_adds = |x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>, r: burn::tensor::Tensor<B, 4>| {
+        let [n, c] = v.dims();
+        r + (x + v.reshape([n, c, 1, 1]))
+    };
+    if !lined_adds::<B>() {
+        return burn_adds(x, v, r);
+    }
+    let (xc, vc, rc) = (to_cube(x), to_cube(v), to_cube(r));
+    if !crate::gpu_kernels::adds_channels_residual(&xc, &vc, &rc) {
+        return burn_adds(from_cube(xc), from_cube(vc), from_cube(rc));
+    }
+    match own_kernel(from_cube::<B, 4>(xc), "channel and residual add", |x| crate::gpu_kernels::add_channels_residual(x, vc.clone(), &rc)) {
+        Ok(y) => y,
+        Err(x) => burn_adds(x, from_cube(vc), from_cube(rc)),
+    }
+}
+
 /// A conv weight `[out, in, kh, kw]` whose memory is laid out `[out, kh, kw, in]` (the same
 /// tensor to every op; a view with permuted strides), when `B` is burn-cuda; else `w` as it is.
 /// cubek's implicit-GEMM kernels take NHWC-ordered operands and copy a weight whose channels
@@ -309,7 +333,7 @@ static CONV_SIBLING_REFUSED: AtomicBool = AtomicBool::new(false);
 fn conv_forward_with(
     input: Cube,
     weight: Cube,
-    bias: Cube,
+    bias: Option<Cube>,
     options: burn::tensor::ops::ConvOptions<2>,
     read_strategy: cubek::convolution::ReadingStrategy,
     tile_kind: cubek::convolution::AcceleratedTileKind,
@@ -335,7 +359,7 @@ fn conv_forward_with(
         input.dtype,
     );
     let dtypes = MatmulElems::from_globals(&MatmulGlobalElems { lhs: input.dtype.into(), rhs: weight.dtype.into(), out: input.dtype.into() });
-    let bias = Some(MatmulInputHandleRef::Normal(bias.as_handle_ref(), bias.dtype.into()));
+    let bias = bias.as_ref().map(|bias| MatmulInputHandleRef::Normal(bias.as_handle_ref(), bias.dtype.into()));
     forward::launch_ref::<burn::cubecl::cuda::CudaRuntime, 2>(
         &Strategy::Simple { read_strategy, tile_kind },
         &input.client,
@@ -425,14 +449,14 @@ pub fn cuda_cublas_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     })
 }
 
-/// `x` convolved with `w` plus `b` by cuBLAS ([`crate::cublas::conv2d`], the output in NHWC
-/// memory viewed as NCHW) for `DDREP_GPU_CONV=cublas`; `Err` hands `x` back as
-/// [`cuda_cublas_matmul`] does.
+/// `x` convolved with `w` plus `b` (when there is one) by cuBLAS ([`crate::cublas::conv2d`],
+/// the output in NHWC memory viewed as NCHW) for `DDREP_GPU_CONV=cublas`; `Err` hands `x` back
+/// as [`cuda_cublas_matmul`] does.
 #[cfg(feature = "cuda")]
 pub fn cuda_cublas_conv2d<B: burn::tensor::backend::Backend>(
     x: burn::tensor::Tensor<B, 4>,
     w: &burn::tensor::Tensor<B, 4>,
-    b: &burn::tensor::Tensor<B, 1>,
+    b: Option<&burn::tensor::Tensor<B, 1>>,
     stride: usize,
     padding: usize,
 ) -> Result<burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>> {
@@ -441,7 +465,10 @@ pub fn cuda_cublas_conv2d<B: burn::tensor::backend::Backend>(
     }
     let o = w.dims()[0];
     match crate::cublas::conv2d(to_cube(x), &to_cube(w.clone()), stride, padding) {
-        Ok(y) => Ok(add_channels(from_cube::<B, 4>(y), b.clone().reshape([1, o]))),
+        Ok(y) => Ok(match b {
+            Some(b) => add_channels(from_cube::<B, 4>(y), b.clone().reshape([1, o])),
+            None => from_cube(y),
+        }),
         Err(refused) => {
             let (x, reason) = *refused;
             static SAID: AtomicBool = AtomicBool::new(false);

@@ -860,6 +860,27 @@ pub fn add_channels<R: CubeRuntime>(x: CubeTensor<R>, v: CubeTensor<R>) -> Kerne
     add_repeating(x, &v, None, c, period)
 }
 
+/// Whether [`add_channels_residual`] takes `(x + v) + r`: [`adds_channels`] with a `[1, C]`
+/// `v`, and `r` of `x`'s shape, strides and dtype.
+pub fn adds_channels_residual<R: CubeRuntime>(x: &CubeTensor<R>, v: &CubeTensor<R>, r: &CubeTensor<R>) -> bool {
+    adds_channels(x, v) && v.shape.dims[0] == 1 && r.shape.dims == x.shape.dims && r.strides == x.strides && r.dtype == x.dtype
+}
+
+/// `(x + v) + r` in one pass: a channels-last conv output `x` (`[N, C, H, W]`), its bias `v`
+/// (`[1, C]`) and a residual `r` laid out as `x`, rounded as the two adds would be (the
+/// resnets' `skip + conv2(h)` and the transformers' `x + proj_out(s)`, the bias taken out of
+/// the conv: one launch where the cuBLAS convs took two). `Err` hands `x` back with the reason
+/// ([`KernelResult`]).
+pub fn add_channels_residual<R: CubeRuntime>(x: CubeTensor<R>, v: CubeTensor<R>, r: &CubeTensor<R>) -> KernelResult<R> {
+    if !adds_channels_residual(&x, &v, r) {
+        let why = format!("{:?} (strides {:?}) + {:?} + {:?} (strides {:?})", x.shape.dims, x.strides, v.shape.dims, r.shape.dims, r.strides);
+        return Err(Box::new((x, why)));
+    }
+    let v = contiguous(v);
+    let (total, c) = (x.shape.num_elements(), v.shape.dims[1]);
+    add_repeating(x, &v, Some(r), c, total)
+}
+
 /// Whether [`add_bias_residual`] takes `(y + bias) + r`: `y` contiguous with `C` on its last
 /// axis, `bias` a `[C]`, `r` of `y`'s shape, strides and dtype.
 pub fn adds_bias_residual<R: CubeRuntime>(y: &CubeTensor<R>, bias: &CubeTensor<R>, r: &CubeTensor<R>) -> bool {

@@ -28,6 +28,16 @@ enum Params<B: Backend, const D: usize> {
 }
 
 impl<B: Backend, const D: usize> Params<B, D> {
+    /// The bias of backend parameters, taken out (the layer then runs without one) for the
+    /// caller to add later, in a pass it has anyway; `None` for host parameters (the CPU
+    /// kernels add their bias inside the GEMM, for free) and for a layer without a bias.
+    fn take_backend_bias(&mut self) -> Option<Tensor<B, 1>> {
+        match self {
+            Params::Backend { b, .. } => b.take(),
+            Params::Host { .. } => None,
+        }
+    }
+
     fn new(w: Tensor<B, D>, b: Option<Tensor<B, 1>>, device: &B::Device) -> Self {
         if cpu_kernels::host_backend::<B>(device) {
             Params::Host {
@@ -86,6 +96,16 @@ impl<B: Backend> Linear<B> {
                 shape[D - 1] = self.out;
                 tensor_from_vec(y, shape, &device)
             }
+        }
+    }
+
+    /// Adds `extra` to a backend layer's bias (another layer's bias folded into this one).
+    fn fold_bias(&mut self, extra: Tensor<B, 1>) {
+        if let Params::Backend { b, .. } = &mut self.p {
+            *b = Some(match b.take() {
+                Some(b) => b + extra,
+                None => extra,
+            });
         }
     }
 
@@ -463,6 +483,13 @@ impl<B: Backend> Conv2d<B> {
         }
     }
 
+    /// The bias of a conv on backend tensors, taken out for the caller to add in a pass it has
+    /// anyway (the resnets' time embedding and residual, the transformers' residual): on the
+    /// cuBLAS convs the bias is a pass of its own. `None` on the CPU kernels, which keep it.
+    pub fn take_bias(&mut self) -> Option<Tensor<B, 1>> {
+        self.p.take_backend_bias()
+    }
+
     /// A "same" convolution: odd kernel `k`, stride 1, padding `k / 2`.
     pub fn same(ld: &mut Loader<B>, prefix: &str, inp: usize, out: usize, k: usize) -> Self {
         Self::load(ld, prefix, inp, out, k, 1, k / 2)
@@ -470,7 +497,8 @@ impl<B: Backend> Conv2d<B> {
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (w, b) = match &self.p {
-            Params::Backend { w, b } => (w, b.as_ref().expect("conv bias")),
+            // Without a bias once `take_bias` has taken it.
+            Params::Backend { w, b } => (w, b.as_ref()),
             Params::Host { w, b } => {
                 let [n, c, h, wd] = x.dims();
                 let [o, _, k] = self.dims;
@@ -521,8 +549,11 @@ impl<B: Backend> Conv2d<B> {
                 }
                 Tensor::cat(shifted, 2).reshape([n, c * k * k, h * wd])
             };
-            let y =
-                w.clone().reshape([1, o, c * k * k]).matmul(cols) + b.clone().reshape([1, o, 1]);
+            let y = w.clone().reshape([1, o, c * k * k]).matmul(cols);
+            let y = match b {
+                Some(b) => y + b.clone().reshape([1, o, 1]),
+                None => y,
+            };
             return y.reshape([n, o, h, wd]);
         }
         let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
@@ -545,7 +576,7 @@ impl<B: Backend> Conv2d<B> {
         } else {
             x
         };
-        conv2d(x, w.clone(), Some(b.clone()), opts)
+        conv2d(x, w.clone(), b.cloned(), opts)
     }
 }
 
@@ -934,6 +965,17 @@ pub fn add_per_channel<B: Backend>(x: Tensor<B, 4>, v: Tensor<B, 2>) -> Tensor<B
     }
 }
 
+/// `r + (x + v)` per channel: `x` and `r` `[N, C, H, W]`, `v` `[C]` (a conv's bias taken out of
+/// the conv, [`Conv2d::take_bias`]). On burn-cuda a channels-last `x` with `r` laid out alike
+/// takes one pass (`crate::backend::add_channels_residual`).
+pub fn add_bias_residual_per_channel<B: Backend>(x: Tensor<B, 4>, v: &Tensor<B, 1>, r: Tensor<B, 4>) -> Tensor<B, 4> {
+    let c = v.dims()[0];
+    #[cfg(feature = "cuda")]
+    return crate::backend::add_channels_residual(x, v.clone().reshape([1, c]), r);
+    #[cfg(not(feature = "cuda"))]
+    return r + (x + v.clone().reshape([1, c, 1, 1]));
+}
+
 /// ResNet block shared by the UNet (with a time embedding) and the VAE (without):
 /// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
 pub struct ResnetBlock<B: Backend> {
@@ -943,6 +985,10 @@ pub struct ResnetBlock<B: Backend> {
     norm2: GroupNorm<B>,
     conv2: Conv2d<B>,
     conv_shortcut: Option<Conv2d<B>>,
+    /// On backend tensors: `conv2`'s bias plus `conv_shortcut`'s, taken out of the convs and
+    /// added with the residual in one pass ([`add_bias_residual_per_channel`]); `conv1`'s goes
+    /// into `time_emb_proj`'s bias where there is one. `None` on the CPU kernels.
+    residual_bias: Option<Tensor<B, 1>>,
     out_scale: f64,
 }
 
@@ -957,18 +1003,25 @@ pub struct ResnetCfg {
 
 impl<B: Backend> ResnetBlock<B> {
     pub fn load(ld: &mut Loader<B>, p: &str, inp: usize, out: usize, cfg: &ResnetCfg) -> Self {
-        Self {
-            norm1: GroupNorm::load(ld, &format!("{p}.norm1"), cfg.groups, inp, cfg.eps),
-            conv1: Conv2d::same(ld, &format!("{p}.conv1"), inp, out, 3),
-            time_emb_proj: cfg
-                .temb
-                .map(|t| Linear::load(ld, &format!("{p}.time_emb_proj"), t, out, true)),
-            norm2: GroupNorm::load(ld, &format!("{p}.norm2"), cfg.groups, out, cfg.eps),
-            conv2: Conv2d::same(ld, &format!("{p}.conv2"), out, out, 3),
-            conv_shortcut: (inp != out)
-                .then(|| Conv2d::load(ld, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
-            out_scale: cfg.out_scale,
+        let norm1 = GroupNorm::load(ld, &format!("{p}.norm1"), cfg.groups, inp, cfg.eps);
+        let mut conv1 = Conv2d::same(ld, &format!("{p}.conv1"), inp, out, 3);
+        let mut time_emb_proj = cfg.temb.map(|t| Linear::load(ld, &format!("{p}.time_emb_proj"), t, out, true));
+        let norm2 = GroupNorm::load(ld, &format!("{p}.norm2"), cfg.groups, out, cfg.eps);
+        let mut conv2 = Conv2d::same(ld, &format!("{p}.conv2"), out, out, 3);
+        let mut conv_shortcut = (inp != out).then(|| Conv2d::load(ld, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0));
+        // The convs' biases join adds that run anyway: conv1's the time embedding (a [n, C]
+        // vector, so its bias is folded into the projection's once, here), conv2's and the
+        // shortcut's the residual. Backend tensors only (see `Conv2d::take_bias`).
+        if let Some(proj) = time_emb_proj.as_mut() {
+            if let Some(b) = conv1.take_bias() {
+                proj.fold_bias(b);
+            }
         }
+        let residual_bias = conv2.take_bias().map(|b| match conv_shortcut.as_mut().and_then(Conv2d::take_bias) {
+            Some(shortcut) => b + shortcut,
+            None => b,
+        });
+        Self { norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut, residual_bias, out_scale: cfg.out_scale }
     }
 
     /// `temb` is the already SiLU-activated time embedding `[n, T]` (UNet only).
@@ -982,7 +1035,10 @@ impl<B: Backend> ResnetBlock<B> {
             Some(c) => c.forward(x),
             None => x,
         };
-        let y = add(skip, h);
+        let y = match &self.residual_bias {
+            Some(b) => add_bias_residual_per_channel(h, b, skip),
+            None => add(skip, h),
+        };
         if self.out_scale == 1.0 {
             y
         } else {

@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::UnetConfig;
 use super::layers::{
-    add, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
+    add, add_bias_residual_per_channel, multi_head_attention, upsample_nearest, Conv2d, AttentionKernels, GroupNorm, LayerNorm, Linear,
     ResnetBlock, ResnetCfg,
 };
 use super::weights::Loader;
@@ -98,6 +98,8 @@ struct Transformer2D<B: Backend> {
     proj_in: Proj<B>,
     blocks: Vec<TransformerBlock<B>>,
     proj_out: Proj<B>,
+    /// A conv `proj_out`'s bias on backend tensors, added with the residual in one pass.
+    out_bias: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Transformer2D<B> {
@@ -124,12 +126,17 @@ impl<B: Backend> Transformer2D<B> {
                 TransformerBlock::load(ld, &format!("{p}.transformer_blocks.{i}"), c, ctx, heads)
             })
             .collect();
-        let proj_out = proj(ld, "proj_out");
+        let mut proj_out = proj(ld, "proj_out");
+        let out_bias = match &mut proj_out {
+            Proj::Conv(conv) => conv.take_bias(),
+            Proj::Linear(_) => None,
+        };
         Self {
             norm,
             proj_in,
             blocks,
             proj_out,
+            out_bias,
         }
     }
 
@@ -149,7 +156,10 @@ impl<B: Backend> Transformer2D<B> {
             Proj::Conv(conv) => conv.forward_from_seq(s, [h, w]),
             Proj::Linear(lin) => to_img(lin.forward(s)),
         };
-        add(y, x)
+        match &self.out_bias {
+            Some(b) => add_bias_residual_per_channel(y, b, x),
+            None => add(y, x),
+        }
     }
 }
 

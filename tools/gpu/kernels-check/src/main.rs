@@ -233,8 +233,18 @@ fn adds(ck: &mut Check, [n, c, h, w]: [usize; 4]) {
             .collect();
         ck.report(format!("add per channel [{n},{c},{h},{w}] + [{rows},{c}]"), &got, &want, 1.0);
     }
+    // A conv's bias and the residual in one pass: `(a + v) + b`, `v` `[1, c]`.
+    let vv = data(c, 17);
+    let v = ck.input(&vv, [1, c]);
+    assert!(ddrep::gpu_kernels::adds_channels_residual(&a, &v, &b), "a channels-last conv output takes its bias and a residual laid out alike");
+    let y = ddrep::gpu_kernels::add_channels_residual(a.clone(), v.clone(), &b).ok().expect("a float dtype");
+    assert_eq!(y.strides, strides, "the sum keeps the layout");
+    let got = ck.output::<4>(y);
+    let want: Vec<f64> = (0..av.len()).map(|i| ck.exact((ck.exact(av[i]) + ck.exact(vv[(i / (h * w)) % c])) as f32) + ck.exact(bv[i])).collect();
+    ck.report(format!("add per channel and residual [{n},{c},{h},{w}] + [1,{c}]"), &got, &want, 1.0);
     // NCHW tensors are burn's to add.
     let x = ck.input(&av, [n, c, h, w]);
+    assert!(!ddrep::gpu_kernels::adds_channels_residual(&a, &v, &x), "a residual laid out otherwise is refused");
     assert!(!ddrep::gpu_kernels::adds_alike(&x, &x.clone()) && !ddrep::gpu_kernels::adds_channels(&x, &ck.input(&vec![0.0; c], [1, c])));
 }
 
