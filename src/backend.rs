@@ -449,6 +449,39 @@ pub fn cuda_cublas_matmul<B: burn::tensor::backend::Backend, const D: usize>(
     })
 }
 
+/// An uninitialised `[n, heads, L, d]` tensor laid out `[n, L, heads, d]` in memory, for
+/// [`cuda_cublas_matmul_into`] to fill block by block with attention's output (whose
+/// `swap_dims(1, 2)` is then contiguous: the heads merge without a copy), when `B` is plain
+/// burn-cuda and cuBLAS has not been found missing; `None` otherwise.
+#[cfg(feature = "cuda")]
+pub fn heads_merged_output<B: burn::tensor::backend::Backend>([n, heads, l, d]: [usize; 4], device: &B::Device) -> Option<burn::tensor::Tensor<B, 4>> {
+    (plain_cube::<B>() && !crate::cublas::unavailable()).then(|| burn::tensor::Tensor::<B, 4>::empty([n, l, heads, d], device).swap_dims(1, 2))
+}
+
+/// `alpha (a @ b)` written by cuBLAS into rows `row0..` (second-to-last axis) of `out`, a
+/// tensor from [`heads_merged_output`] that no one else holds (its memory is written in place,
+/// [`crate::cublas::matmul_into`]). `Err` hands the operands back, `out` unwritten, when cuBLAS
+/// did not take the product (said once on stderr).
+#[cfg(feature = "cuda")]
+#[allow(clippy::type_complexity)]
+pub fn cuda_cublas_matmul_into<B: burn::tensor::backend::Backend, const D: usize>(
+    a: burn::tensor::Tensor<B, D>,
+    b: burn::tensor::Tensor<B, D>,
+    out: &burn::tensor::Tensor<B, D>,
+    row0: usize,
+    alpha: f32,
+) -> Result<(), (burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>)> {
+    if !plain_cube::<B>() || crate::cublas::unavailable() {
+        return Err((a, b));
+    }
+    crate::cublas::matmul_into(to_cube(a), to_cube(b), &to_cube(out.clone()), row0, alpha).map_err(|refused| {
+        let ((a, b), reason) = *refused;
+        static SAID: AtomicBool = AtomicBool::new(false);
+        say_once(&SAID, || format!("DDREP_GPU_MATMUL=cublas: cuBLAS did not write an attention block of {:?} x {:?} into its head-merged output ({reason}); such blocks are computed apart and copied in", a.shape.dims, b.shape.dims));
+        (from_cube(a), from_cube(b))
+    })
+}
+
 /// `x` convolved with `w` plus `b` (when there is one) by cuBLAS ([`crate::cublas::conv2d`],
 /// the output in NHWC memory viewed as NCHW) for `DDREP_GPU_CONV=cublas`; `Err` hands `x` back
 /// as [`cuda_cublas_matmul`] does.

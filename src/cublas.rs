@@ -134,7 +134,7 @@ pub struct Call {
     pub gemm: GemmCall,
 }
 
-/// A plan's output (contiguous, of `out_dims`) and its calls.
+/// A plan's output (of `out_dims`: contiguous, or laid out as the caller asked) and its calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned<C> {
     pub out_dims: Vec<usize>,
@@ -180,13 +180,24 @@ fn batch_strides(t: Layout, dims: &[usize]) -> Vec<usize> {
 /// one (a linear layer's `[n, L, in] x [1, in, out]`) as one GEMM over all the rows when they
 /// lie evenly, which cuBLAS tiles better than a batch.
 pub fn matmul_calls(lhs: Layout, rhs: Layout) -> Result<Planned<Vec<Call>>, Unplanned> {
+    matmul_calls_into(lhs, rhs, None)
+}
+
+/// [`matmul_calls`] into an output with strides `out_strides` (`None`: contiguous), for a
+/// caller that has the output's memory: its last axis must have unit stride (rows of `C` as
+/// cuBLAS writes them), its rows at least `n` apart, and its batch axes merge with the
+/// operands' like theirs (one more operand for [`split_batch`]). Attention's `P V` written
+/// straight into `[n, L, heads, d]` memory viewed `[n, heads, L, d]` is the case: the heads
+/// are merged back by the GEMM itself, not by a copy. Offsets are from the output's first
+/// element.
+pub fn matmul_calls_into(lhs: Layout, rhs: Layout, out_strides: Option<&[usize]>) -> Result<Planned<Vec<Call>>, Unplanned> {
     let d = lhs.dims.len();
     let refuse = || Err(Unplanned::Refuse(format!("{:?} x {:?}", lhs.dims, rhs.dims)));
     if d < 2 || rhs.dims.len() != d || lhs.strides.len() != d || rhs.strides.len() != d {
         return refuse();
     }
     let nb = d - 2;
-    let mut dims: Vec<usize> = lhs.dims[..nb].iter().zip(&rhs.dims[..nb]).map(|(&x, &y)| x.max(y)).collect();
+    let dims: Vec<usize> = lhs.dims[..nb].iter().zip(&rhs.dims[..nb]).map(|(&x, &y)| x.max(y)).collect();
     let matches = |t: Layout| t.dims[..nb].iter().zip(&dims).all(|(&len, &out)| len == out || len == 1);
     let (m, k, n) = (lhs.dims[d - 2], lhs.dims[d - 1], rhs.dims[d - 1]);
     if !matches(lhs) || !matches(rhs) || rhs.dims[d - 2] != k || m == 0 || k == 0 || n == 0 || dims.contains(&0) {
@@ -196,24 +207,32 @@ pub fn matmul_calls(lhs: Layout, rhs: Layout) -> Result<Planned<Vec<Call>>, Unpl
     if !lhs_ok || !rhs_ok {
         return Err(Unplanned::Copy(!lhs_ok, !rhs_ok));
     }
-    let (ls, rs) = (batch_strides(lhs, &dims), batch_strides(rhs, &dims));
-    let Some(split) = split_batch(&dims, &[&ls, &rs]) else {
+    let mut out_dims = dims.clone();
+    out_dims.extend([m, n]);
+    let contiguous_out: Vec<usize> = (0..d).map(|i| out_dims[i + 1..].iter().product()).collect();
+    let os = out_strides.unwrap_or(&contiguous_out);
+    // cuBLAS writes rows of C with unit stride, `ldc` apart.
+    let ldc = if m == 1 { n } else { os.get(d - 2).copied().unwrap_or(0) };
+    if os.len() != d || (n > 1 && os[d - 1] != 1) || ldc < n {
+        return refuse();
+    }
+    let (ls, rs, cs) = (batch_strides(lhs, &dims), batch_strides(rhs, &dims), os[..nb].to_vec());
+    let Some(split) = split_batch(&dims, &[&ls, &rs, &cs]) else {
         return Err(Unplanned::Copy(true, true));
     };
     let level = |s: &[usize], axes: std::ops::Range<usize>| merged_batch(&dims[axes.clone()], &s[axes]).map_or(0, |(_, stride)| stride);
     let (outer, inner) = (dims[..split].iter().product::<usize>(), dims[split..].iter().product::<usize>());
-    let (a_outer, b_outer) = (level(&ls, 0..split), level(&rs, 0..split));
+    let (a_outer, b_outer, c_outer) = (level(&ls, 0..split), level(&rs, 0..split), level(&cs, 0..split));
     let mut a = matrix(lhs, level(&ls, split..nb)).expect("readable");
     let b = matrix(rhs, level(&rs, split..nb)).expect("readable");
-    let mut batch = inner;
-    if outer == 1 && inner > 1 && b.batch_stride == 0 && a.col_stride == 1 && a.batch_stride == m * a.row_stride {
+    let (mut batch, c_inner) = (inner, level(&cs, split..nb));
+    if outer == 1 && inner > 1 && b.batch_stride == 0 && a.col_stride == 1 && a.batch_stride == m * a.row_stride && c_inner == m * ldc {
         a = Operand { rows: inner * m, batch_stride: 0, ..a };
         batch = 1;
     }
-    let Some(gemm) = plan(a, b, n, m * n, batch) else { return refuse() };
-    let calls = (0..outer).map(|i| Call { a_offset: i * a_outer, b_offset: i * b_outer, c_offset: i * inner * m * n, gemm }).collect();
-    dims.extend([m, n]);
-    Ok(Planned { out_dims: dims, calls })
+    let Some(gemm) = plan(a, b, ldc, if batch == 1 { 0 } else { c_inner }, batch) else { return refuse() };
+    let calls = (0..outer).map(|i| Call { a_offset: i * a_outer, b_offset: i * b_outer, c_offset: i * c_outer, gemm }).collect();
+    Ok(Planned { out_dims, calls })
 }
 
 /// A convolution as cuBLAS calls ([`conv_plan`]).
@@ -289,11 +308,11 @@ pub fn conv_plan(x: Layout, w: Layout, stride: usize, padding: usize, scratch_el
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) use gpu::{conv2d, matmul, unavailable};
+pub(crate) use gpu::{conv2d, matmul, matmul_into, unavailable};
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{conv_plan, matmul_calls, Call, ConvPlan, ConvUnplanned, GemmCall, Layout, Planned, Unplanned};
+    use super::{conv_plan, matmul_calls, matmul_calls_into, Call, ConvPlan, ConvUnplanned, GemmCall, Layout, Planned, Unplanned};
     use crate::gpu_kernels::{im2col_into, Im2col};
     use burn_cubecl::tensor::CubeTensor;
     use burn::tensor::{DType, Shape};
@@ -441,6 +460,43 @@ mod gpu {
         let out = empty_device_dtype(lhs.client.clone(), lhs.device.clone(), Shape::from(planned.out_dims), lhs.dtype);
         match run(lhs.dtype, &planned.calls, alpha, pointer(&lhs).0, pointer(&rhs).0, pointer(&out)) {
             Ok(()) => Ok(out),
+            Err(e) => refuse(lhs, rhs, e),
+        }
+    }
+
+    /// `alpha (lhs @ rhs)` written into rows `row0..row0 + m` (along the second-to-last axis)
+    /// of `out`, a tensor whose memory the caller owns alone (made for this, e.g. `[n, L, h,
+    /// d]` memory viewed `[n, h, L, d]`), by the calls of [`matmul_calls_into`]: attention's
+    /// blocks of `P V` land with their heads merged, with no copy after. `Err` hands the
+    /// operands back with the reason (a layout or problem it refuses, a failed call); `out` is
+    /// then not written.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn matmul_into(lhs: Cube, rhs: Cube, out: &Cube, row0: usize, alpha: f32) -> Result<(), Box<((Cube, Cube), String)>> {
+        let refuse = |lhs, rhs, why: String| Err(Box::new(((lhs, rhs), why)));
+        let d = out.shape.num_dims();
+        if lhs.dtype != rhs.dtype || lhs.dtype != out.dtype || d < 2 || lhs.shape.num_dims() != d {
+            let why = format!("{:?} x {:?} into {:?}", lhs.dtype, rhs.dtype, out.dtype);
+            return refuse(lhs, rhs, why);
+        }
+        let m = lhs.shape.dims[d - 2];
+        if row0 + m > out.shape.dims[d - 2] {
+            let why = format!("rows {row0}..{} of {:?}", row0 + m, out.shape.dims);
+            return refuse(lhs, rhs, why);
+        }
+        let planned = match matmul_calls_into(layout(&lhs), layout(&rhs), Some(&out.strides)) {
+            Ok(planned) => planned,
+            Err(e) => return refuse(lhs, rhs, format!("{e:?}")),
+        };
+        let mut block = out.shape.dims.clone();
+        block[d - 2] = m;
+        if planned.out_dims != block {
+            let why = format!("a product of {:?} into rows of {:?}", planned.out_dims, out.shape.dims);
+            return refuse(lhs, rhs, why);
+        }
+        let (c, stream) = pointer(out);
+        let c = c + (row0 * out.strides[d - 2] * out.dtype.size()) as u64;
+        match run(lhs.dtype, &planned.calls, alpha, pointer(&lhs).0, pointer(&rhs).0, (c, stream)) {
+            Ok(()) => Ok(()),
             Err(e) => refuse(lhs, rhs, e),
         }
     }
@@ -682,6 +738,55 @@ mod tests {
         assert_eq!(matmul_calls(Layout { dims: &ad4, strides: &[1000, 100, 4, 1] }, Layout { dims: &bd4, strides: &contiguous(&bd4) }).map(|p| p.calls.len()), Ok(2));
         let (ad5, bd5) = ([2, 3, 2, 2, 4], [2, 3, 2, 4, 5]);
         assert_eq!(matmul_calls(Layout { dims: &ad5, strides: &[1000, 100, 10, 4, 1] }, Layout { dims: &bd5, strides: &contiguous(&bd5) }), Err(Unplanned::Copy(true, true)));
+    }
+
+    /// Attention's `P V` in blocks of query rows, written straight into `[n, L, heads, d]`
+    /// memory viewed `[n, heads, L, d]` (each block at its rows' offset) with the values
+    /// head-split: the heads come out merged, every element written once, nothing else touched;
+    /// and the strides a cuBLAS output cannot have are refused.
+    #[test]
+    fn matmul_into_writes_head_merged_blocks() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let (n, h, l, d, lk) = (2, 3, 7, 4, 5);
+        let out_strides = [l * h * d, d, h * d, 1];
+        let v_dims = [n, h, lk, d];
+        let v = Layout { dims: &v_dims, strides: &[lk * h * d, d, h * d, 1] };
+        let vm = noise(v, &mut rng);
+        let mut mem = vec![f64::NAN; n * l * h * d];
+        let mut want = vec![f64::NAN; n * l * h * d];
+        for (row0, rows) in [(0, 3), (3, 3), (6, 1)] {
+            let p_dims = [n, h, rows, lk];
+            let p = Layout { dims: &p_dims, strides: &contiguous(&p_dims) };
+            let pm = noise(p, &mut rng);
+            let Planned { out_dims, calls } = matmul_calls_into(p, v, Some(&out_strides)).unwrap_or_else(|e| panic!("rows {row0}..: {e:?}"));
+            assert_eq!(out_dims, [n, h, rows, d]);
+            assert_eq!(calls.len(), n, "one strided batch over the heads per image");
+            run_calls(&calls, &pm, &vm, &mut mem[row0 * h * d..]);
+            for (ni, hi, i, j) in (0..n).flat_map(|ni| (0..h).flat_map(move |hi| (0..rows).flat_map(move |i| (0..d).map(move |j| (ni, hi, i, j))))) {
+                let at = ni * out_strides[0] + hi * out_strides[1] + (row0 + i) * out_strides[2] + j;
+                want[at] = (0..lk).map(|kk| get(&pm, p, &[ni, hi, i, kk]) * get(&vm, v, &[ni, hi, kk, j])).sum();
+            }
+        }
+        for (at, (&got, &w)) in mem.iter().zip(&want).enumerate() {
+            assert!((got - w).abs() < 1e-12, "element {at}: {got} vs {w}");
+        }
+        // A linear layer's rows merge into one GEMM only where the output's rows lie evenly.
+        let (x_dims, w_dims) = ([2, 3, 4], [1, 4, 5]);
+        let (x, w) = (Layout { dims: &x_dims, strides: &contiguous(&x_dims) }, Layout { dims: &w_dims, strides: &contiguous(&w_dims) });
+        let merged = matmul_calls_into(x, w, Some(&[15, 5, 1])).unwrap();
+        assert_eq!((merged.calls.len(), merged.calls[0].gemm.batch, merged.calls[0].gemm.n), (1, 1, 6));
+        let padded = matmul_calls_into(x, w, Some(&[40, 8, 1])).unwrap();
+        assert_eq!((padded.calls.len(), padded.calls[0].gemm.batch, padded.calls[0].gemm.ldc), (1, 2, 8));
+        let (mut cm, mut want) = (vec![f64::NAN; 80], vec![f64::NAN; 80]);
+        let (xm, wm) = (noise(x, &mut rng), noise(w, &mut rng));
+        run_calls(&padded.calls, &xm, &wm, &mut cm);
+        for (b, i, j) in (0..2).flat_map(|b| (0..3).flat_map(move |i| (0..5).map(move |j| (b, i, j)))) {
+            want[b * 40 + i * 8 + j] = (0..4).map(|kk| get(&xm, x, &[b, i, kk]) * get(&wm, w, &[0, kk, j])).sum();
+        }
+        assert!(cm.iter().zip(&want).all(|(g, w)| (g.is_nan() && w.is_nan()) || (g - w).abs() < 1e-12), "padded rows: only the output's elements written");
+        // Columns not contiguous, rows overlapping: no cuBLAS output.
+        assert!(matches!(matmul_calls_into(x, w, Some(&[15, 1, 3])), Err(Unplanned::Refuse(_))));
+        assert!(matches!(matmul_calls_into(x, w, Some(&[15, 4, 1])), Err(Unplanned::Refuse(_))));
     }
 
     /// Convolutions as cuBLAS calls (1x1 on NCHW and channels-last inputs; 3x3 "same"; the

@@ -858,6 +858,13 @@ fn blocked_attention_within<B: Backend>(
     let (q, alpha) = if kernel == GpuMatmul::Cublas { (q, Some(scale)) } else { (q.mul_scalar(scale), None) };
     let block = (max_elems / (n * heads * lk).max(1)).clamp(1, lq.max(1));
     let half = half_dtype::<B>();
+    // Under cuBLAS the blocks of `P V` are written into one `[n, L, heads, d]` memory viewed
+    // `[n, heads, L, d]`: no concatenation of blocks, and the caller's merge of the heads
+    // (`swap_dims(1, 2)`) finds it contiguous, so neither copy runs.
+    #[cfg(feature = "cuda")]
+    let mut merged = if kernel == GpuMatmul::Cublas { crate::backend::heads_merged_output::<B>([n, heads, lq, hd], &q.device()) } else { None };
+    #[cfg(not(feature = "cuda"))]
+    let mut merged: Option<Tensor<B, 4>> = None;
     let mut outs = Vec::with_capacity(lq.div_ceil(block));
     let mut start = 0;
     while start < lq {
@@ -875,7 +882,20 @@ fn blocked_attention_within<B: Backend>(
         #[cfg(not(feature = "cuda"))]
         let softmax: Result<Tensor<B, 4>, Tensor<B, 4>> = Err(scores);
         let out = match softmax {
-            Ok(p) => matmul(p, v.clone(), kernel),
+            Ok(p) => {
+                #[cfg(feature = "cuda")]
+                let p = match &merged {
+                    Some(m) => match crate::backend::cuda_cublas_matmul_into(p, v.clone(), m, start, 1.0) {
+                        Ok(()) => {
+                            start += len;
+                            continue;
+                        }
+                        Err((p, _)) => p,
+                    },
+                    None => p,
+                };
+                matmul(p, v.clone(), kernel)
+            }
             Err(scores) => {
                 // exp(s - max) in (0, 1] stays in the working precision. In half precision its
                 // row sums (up to L = 4096 terms, which an f16 accumulator would stall on) and
@@ -889,8 +909,14 @@ fn blocked_attention_within<B: Backend>(
                 }
             }
         };
-        outs.push(out);
+        match merged.take() {
+            Some(m) => merged = Some(m.slice_assign([0..n, 0..heads, start..start + len, 0..hd], out)),
+            None => outs.push(out),
+        }
         start += len;
+    }
+    if let Some(m) = merged {
+        return m;
     }
     if outs.len() == 1 {
         outs.pop().unwrap()
