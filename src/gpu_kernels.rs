@@ -1,7 +1,9 @@
 //! ddrep's own cubecl kernels for the parts of SD1.5 that burn runs as chains of small ops:
-//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU; and for the cuBLAS
-//! convolutions (`crate::cublas`), im2col and the adds on their channels-last outputs (bias,
-//! time embedding, residuals), which burn's element-wise kernels read one element at a time. Generic over the cubecl runtime (burn-cuda's on the
+//! group norm (with its SiLU), layer norm, the attention softmax and GEGLU (with its
+//! projection's bias); for the cuBLAS convolutions (`crate::cublas`), im2col and the adds on
+//! their channels-last outputs (bias, time embedding, residuals), which burn's element-wise
+//! kernels read one element at a time; and a layer's bias added with its residual in one
+//! pass (a launch fewer each). Generic over the cubecl runtime (burn-cuda's on the
 //! GPU; `tools/gpu/kernels-check` runs them on wgpu when a Vulkan driver is present).
 //!
 //! Why: on the H200 (2026-11-26) an f16 UNet eval at batch 2 launched about 3100 kernels, some

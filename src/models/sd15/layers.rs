@@ -359,8 +359,8 @@ pub fn gpu_attention() -> Result<GpuAttention, String> {
 /// The names of [`GpuAttention`]'s values, as [`GPU_ATTENTION_ENV`] takes them.
 const GPU_ATTENTION_NAMES: [(&str, GpuAttention); 2] = [("blocked", GpuAttention::Blocked), ("flash", GpuAttention::Flash)];
 
-/// Environment switch for the norms, attention softmax, GEGLU and channels-last adds of the
-/// SD1.5 models on burn-cuda: `ddrep` (default: ddrep's own kernels, `crate::gpu_kernels`, one
+/// Environment switch for the norms, attention softmax, GEGLU and the adds (channels-last
+/// tensors; a bias with a residual) of the SD1.5 models on burn-cuda: `ddrep` (default: ddrep's own kernels, `crate::gpu_kernels`, one
 /// or two launches each) or `burn` (burn's element-wise ops and reductions, ~15 launches a group norm: the
 /// path every other backend takes). Read once per process where it is used; an unknown value
 /// is an error when the CLI starts and from `Loader::finish`, like [`GPU_CONV_ENV`].
