@@ -221,23 +221,40 @@ fn lined_adds<B: burn::tensor::backend::Backend>() -> bool {
     plain_cube::<B>() && own_kernels::<B>() && !OPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `x` through one of ddrep's add kernels, `kernel`, where [`lined_adds`] holds and `takes`
+/// says the layouts suit it, else (and where the kernel does not run) `burn_adds(x)`: the
+/// shared course of the adds below. The other operands stay burn tensors in the closures and
+/// become cube tensors only on the kernel's path (under fusion [`lined_adds`] is false, so
+/// nothing is resolved out of fusion's stream).
+#[cfg(feature = "cuda")]
+fn lined_add<B: burn::tensor::backend::Backend, const D: usize>(
+    x: burn::tensor::Tensor<B, D>,
+    name: &str,
+    takes: impl FnOnce(&Cube) -> bool,
+    kernel: impl FnOnce(Cube) -> crate::gpu_kernels::KernelResult<burn::cubecl::cuda::CudaRuntime>,
+    burn_adds: impl FnOnce(burn::tensor::Tensor<B, D>) -> burn::tensor::Tensor<B, D>,
+) -> burn::tensor::Tensor<B, D> {
+    if !lined_adds::<B>() {
+        return burn_adds(x);
+    }
+    let xc = to_cube(x);
+    if !takes(&xc) {
+        return burn_adds(from_cube(xc));
+    }
+    match own_kernel(from_cube::<B, D>(xc), name, kernel) {
+        Ok(y) => y,
+        Err(x) => burn_adds(x),
+    }
+}
+
 /// `a + b`: on burn-cuda, where both are laid out alike off the contiguous layout (the
 /// channels-last residuals of the UNet under `DDREP_GPU_CONV=cublas`), one pass in lines
 /// ([`crate::gpu_kernels::add_same_layout`]) instead of burn's element-wise kernel, which reads
 /// such tensors one element at a time; anything else is burn's add.
 #[cfg(feature = "cuda")]
 pub fn add<B: burn::tensor::backend::Backend, const D: usize>(a: burn::tensor::Tensor<B, D>, b: burn::tensor::Tensor<B, D>) -> burn::tensor::Tensor<B, D> {
-    if !lined_adds::<B>() {
-        return a + b;
-    }
-    let (a, b) = (to_cube(a), to_cube(b));
-    if !crate::gpu_kernels::adds_alike(&a, &b) {
-        return from_cube::<B, D>(a) + from_cube(b);
-    }
-    match own_kernel(from_cube::<B, D>(a), "add", |a| crate::gpu_kernels::add_same_layout(a, &b)) {
-        Ok(y) => y,
-        Err(a) => a + from_cube(b),
-    }
+    let bc = || to_cube(b.clone());
+    lined_add(a, "add", |a| crate::gpu_kernels::adds_alike(a, &bc()), |a| crate::gpu_kernels::add_same_layout(a, &bc()), |a| a + b.clone())
 }
 
 /// `x + v` per channel, `x` `[N, C, H, W]` and `v` `[1, C]` or `[N, C]`: on burn-cuda, where
@@ -246,21 +263,9 @@ pub fn add<B: burn::tensor::backend::Backend, const D: usize>(a: burn::tensor::T
 /// is burn's broadcast add.
 #[cfg(feature = "cuda")]
 pub fn add_channels<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>) -> burn::tensor::Tensor<B, 4> {
-    let burn_add = |x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>| {
-        let [n, c] = v.dims();
-        x + v.reshape([n, c, 1, 1])
-    };
-    if !lined_adds::<B>() {
-        return burn_add(x, v);
-    }
-    let (xc, vc) = (to_cube(x), to_cube(v));
-    if !crate::gpu_kernels::adds_channels(&xc, &vc) {
-        return burn_add(from_cube(xc), from_cube(vc));
-    }
-    match own_kernel(from_cube::<B, 4>(xc), "channel add", |x| crate::gpu_kernels::add_channels(x, vc.clone())) {
-        Ok(y) => y,
-        Err(x) => burn_add(x, from_cube(vc)),
-    }
+    let vc = || to_cube(v.clone());
+    let [n, c] = v.dims();
+    lined_add(x, "channel add", |x| crate::gpu_kernels::adds_channels(x, &vc()), |x| crate::gpu_kernels::add_channels(x, vc()), |x| x + v.clone().reshape([n, c, 1, 1]))
 }
 
 /// `r + (y + bias)`, `y` a linear layer's output `[.., C]` and `bias` its `[C]`: on burn-cuda,
@@ -269,18 +274,14 @@ pub fn add_channels<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B
 /// two adds, as the layer and the residual would run them.
 #[cfg(feature = "cuda")]
 pub fn add_bias_residual<B: burn::tensor::backend::Backend, const D: usize>(y: burn::tensor::Tensor<B, D>, bias: &burn::tensor::Tensor<B, 1>, r: burn::tensor::Tensor<B, D>) -> burn::tensor::Tensor<B, D> {
-    let burn_adds = |y: burn::tensor::Tensor<B, D>, r: burn::tensor::Tensor<B, D>| r + (y + bias.clone().unsqueeze());
-    if !lined_adds::<B>() {
-        return burn_adds(y, r);
-    }
-    let (yc, bc, rc) = (to_cube(y), to_cube(bias.clone()), to_cube(r));
-    if !crate::gpu_kernels::adds_bias_residual(&yc, &bc, &rc) {
-        return burn_adds(from_cube(yc), from_cube(rc));
-    }
-    match own_kernel(from_cube::<B, D>(yc), "bias and residual add", |y| crate::gpu_kernels::add_bias_residual(y, &bc, &rc)) {
-        Ok(out) => out,
-        Err(y) => burn_adds(y, from_cube(rc)),
-    }
+    let (bc, rc) = (|| to_cube(bias.clone()), || to_cube(r.clone()));
+    lined_add(
+        y,
+        "bias and residual add",
+        |y| crate::gpu_kernels::adds_bias_residual(y, &bc(), &rc()),
+        |y| crate::gpu_kernels::add_bias_residual(y, &bc(), &rc()),
+        |y| r.clone() + (y + bias.clone().unsqueeze()),
+    )
 }
 
 /// `r + (x + v)` per channel, `x` `[N, C, H, W]`, `v` `[1, C]` and `r` of `x`'s shape: on
@@ -290,21 +291,15 @@ pub fn add_bias_residual<B: burn::tensor::backend::Backend, const D: usize>(y: b
 /// else is burn's two adds.
 #[cfg(feature = "cuda")]
 pub fn add_channels_residual<B: burn::tensor::backend::Backend>(x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>, r: burn::tensor::Tensor<B, 4>) -> burn::tensor::Tensor<B, 4> {
-    let burn_adds = |x: burn::tensor::Tensor<B, 4>, v: burn::tensor::Tensor<B, 2>, r: burn::tensor::Tensor<B, 4>| {
-        let [n, c] = v.dims();
-        r + (x + v.reshape([n, c, 1, 1]))
-    };
-    if !lined_adds::<B>() {
-        return burn_adds(x, v, r);
-    }
-    let (xc, vc, rc) = (to_cube(x), to_cube(v), to_cube(r));
-    if !crate::gpu_kernels::adds_channels_residual(&xc, &vc, &rc) {
-        return burn_adds(from_cube(xc), from_cube(vc), from_cube(rc));
-    }
-    match own_kernel(from_cube::<B, 4>(xc), "channel and residual add", |x| crate::gpu_kernels::add_channels_residual(x, vc.clone(), &rc)) {
-        Ok(y) => y,
-        Err(x) => burn_adds(x, from_cube(vc), from_cube(rc)),
-    }
+    let (vc, rc) = (|| to_cube(v.clone()), || to_cube(r.clone()));
+    let [n, c] = v.dims();
+    lined_add(
+        x,
+        "channel and residual add",
+        |x| crate::gpu_kernels::adds_channels_residual(x, &vc(), &rc()),
+        |x| crate::gpu_kernels::add_channels_residual(x, vc(), &rc()),
+        |x| r.clone() + (x + v.clone().reshape([n, c, 1, 1])),
+    )
 }
 
 /// A conv weight `[out, in, kh, kw]` whose memory is laid out `[out, kh, kw, in]` (the same
