@@ -204,8 +204,8 @@ pub fn cuda_softmax<B: burn::tensor::backend::Backend, const D: usize>(x: burn::
 /// [`crate::gpu_kernels::geglu`]; see [`own_kernel`].
 #[cfg(feature = "cuda")]
 pub fn cuda_geglu<B: burn::tensor::backend::Backend>(h: burn::tensor::Tensor<B, 3>, bias: Option<&burn::tensor::Tensor<B, 1>>) -> Result<burn::tensor::Tensor<B, 3>, burn::tensor::Tensor<B, 3>> {
-    let bias = bias.map(|b| to_cube(b.clone()));
-    own_kernel(h, "GEGLU", |h| crate::gpu_kernels::geglu(h, bias.as_ref()))
+    // The bias becomes a cube tensor only once `own_kernel` has found a burn-cuda backend.
+    own_kernel(h, "GEGLU", |h| crate::gpu_kernels::geglu(h, bias.map(|b| to_cube(b.clone())).as_ref()))
 }
 
 /// Whether `B`'s float tensors are burn-cuda's own (not fusion's, whose element-wise ops fuse).
