@@ -150,6 +150,11 @@ fn bench_siren(a: &BenchArgs) -> Result<()> {
     if a.sirens == 0 || a.steps == 0 || a.res == 0 || a.width == 0 {
         bail!("--sirens, --steps, --res and --width must be positive");
     }
+    crate::limits::at_most("--sirens", a.sirens, crate::limits::MAX_SAMPLES)?;
+    crate::limits::at_most("--width", a.width, crate::limits::MAX_SIREN_WIDTH)?;
+    crate::limits::at_most("--depth", a.depth, crate::limits::MAX_SIREN_DEPTH)?;
+    crate::limits::image_shape("--res", [4, a.res, a.res])?;
+    crate::limits::at_most("--sirens x 4 x --res^2 (the batch of targets)", a.sirens * 4 * a.res * a.res, crate::limits::MAX_IMAGE_ELEMENTS)?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ours = siren_steps_per_s(a)?;
     println!("| framework | SIRENs | grid | width x depth | Adam steps/s | ms/step | threads |");
@@ -189,8 +194,19 @@ pub const SD15_UNET_CONFIG: &str = r#"{
   "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
 }"#;
 
-/// The tiny fixture UNet's config.
-const TINY_UNET_CONFIG: &str = "tests/fixtures/sd15_tiny/model/unet/config.json";
+/// Files removed when dropped, on the error paths too.
+struct TempFiles(Vec<std::path::PathBuf>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The tiny fixture UNet's config, built in so that the benchmark runs outside a checkout.
+const TINY_UNET_CONFIG: &str = include_str!("../tests/fixtures/sd15_tiny/model/unet/config.json");
 
 /// A file of the repository: relative to the working directory when it is there (a checkout
 /// carried to another machine), else in the checkout this binary was built from.
@@ -326,17 +342,21 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
     }
     let precision = crate::backend::check_device_precision(&a.device, &a.precision)?;
     let threads = rayon::current_num_threads();
-    let tiny_path = repo_file(TINY_UNET_CONFIG);
-    let tiny: UnetConfig = crate::models::sd15::config::read_config(&tiny_path)?;
-    let full: UnetConfig = serde_json::from_str(SD15_UNET_CONFIG)?;
-    let full_path = std::env::temp_dir().join(format!("ddrep-bench-sd15-unet-{}.json", std::process::id()));
-    let mut runs: Vec<(&str, &UnetConfig, String, usize)> = Vec::new();
-    if !a.full_only {
-        runs.push(("tiny (fixture)", &tiny, tiny_path.display().to_string(), a.evals));
-    }
-    if !a.tiny_only {
-        crate::io::write_atomic(&full_path, SD15_UNET_CONFIG.as_bytes())?;
-        runs.push(("SD1.5 (random weights)", &full, full_path.display().to_string(), a.full_evals));
+    // Each config also goes to a temporary file for the diffusers script.
+    let mut runs: Vec<(&str, UnetConfig, String, usize)> = Vec::new();
+    let mut temp_files = TempFiles(Vec::new());
+    for (name, json, evals, file, skip) in [
+        ("tiny (fixture)", TINY_UNET_CONFIG, a.evals, "tiny", a.full_only),
+        ("SD1.5 (random weights)", SD15_UNET_CONFIG, a.full_evals, "sd15", a.tiny_only),
+    ] {
+        if skip {
+            continue;
+        }
+        let cfg: UnetConfig = serde_json::from_str(json)?;
+        let path = std::env::temp_dir().join(format!("ddrep-bench-{file}-unet-{}.json", std::process::id()));
+        crate::io::write_atomic(&path, json.as_bytes())?;
+        runs.push((name, cfg, path.display().to_string(), evals));
+        temp_files.0.push(path);
     }
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -353,7 +373,7 @@ fn bench_unet(a: &BenchArgs) -> Result<()> {
         let ours = time_unet(a, precision, cfg, *evals)?;
         rows.push((name.to_string(), ours, theirs));
     }
-    let _ = std::fs::remove_file(&full_path);
+    drop(temp_files);
     println!("| UNet | params | input (batch 2 = CFG) | framework | s/eval (median) | s/eval (min) | evals | threads |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, ours, theirs) in &rows {

@@ -253,6 +253,11 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     if a.num_samples == 0 {
         bail!("--num-samples must be at least 1");
     }
+    crate::limits::at_most("--num-samples", a.num_samples, crate::limits::MAX_SAMPLES)?;
+    // Sample k uses seed + k; the last one must not wrap around.
+    if a.seed.checked_add(a.num_samples as u64 - 1).is_none() {
+        bail!("--seed {} with --num-samples {} runs past the largest seed ({})", a.seed, a.num_samples, u64::MAX);
+    }
     let guidance = Guidance::new(a.cfg, a.cfg_convention.parse::<CfgConvention>()?);
     crate::backend::check_device_precision(&a.device, &a.model.precision)?;
     match a.device.as_str() {
@@ -275,10 +280,15 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     let siren = SirenConfig { resolution: [h, w], out_channels: c, width: a.width, depth: a.depth, embedding_size: a.embedding, ..Default::default() };
     siren.validate()?;
     let diffrep = DiffrepSpec::Siren(siren);
-    let out = ensure_out_dir(&a.out)?;
+    // Refuse an unusable --out now, but create it only when there is something to write: a
+    // run that fails (a setting the sampler refuses, a NaN) leaves nothing behind.
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("output path {} exists and is not a directory", a.out.display());
+    }
 
     let seeds: Vec<u64> = (0..a.num_samples as u64).map(|i| a.seed + i).collect();
     let res = run_method::<B>(den, spec, &diffrep, &vec![a.prompt.clone(); seeds.len()], guidance, &seeds, device)?;
+    let out = ensure_out_dir(&a.out)?;
     let (images, img_shape) = model.to_images(&res.images, res.shape, device)?;
     let mut files = Vec::new();
     for (seed, img) in seeds.iter().zip(&images) {

@@ -31,13 +31,20 @@ pub struct DemoArgs {
     #[arg(long, default_value = "0,3,10", value_delimiter = ',')]
     pub cfg: Vec<f64>,
     /// Afterwards, run the Table 1 twin through the experiment harness (run, score, report):
-    /// this YAML file, or the copy built into the binary when the file does not exist.
-    #[arg(long, default_value = "experiments/demo_table1.yaml")]
-    pub grid: PathBuf,
+    /// this YAML file [default: experiments/demo_table1.yaml, or the copy built into the binary
+    /// when that does not exist (outside a checkout)].
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
     /// Skip the harness part.
     #[arg(long)]
     pub no_grid: bool,
 }
+
+/// Seeds per caption of the demo (all captions x seeds are one batch of SIRENs).
+const MAX_DEMO_SEEDS: usize = 1000;
+
+/// The harness part's grid, relative to a checkout.
+const DEMO_GRID: &str = "experiments/demo_table1.yaml";
 
 /// `experiments/demo_table1.yaml` as built, for runs outside a checkout.
 const DEMO_TABLE1_YAML: &str = include_str!("../experiments/demo_table1.yaml");
@@ -45,13 +52,16 @@ const DEMO_TABLE1_YAML: &str = include_str!("../experiments/demo_table1.yaml");
 /// The harness on the demo grid: `ddrep run`, `ddrep score`, `ddrep report`, as a user would
 /// type them (resumable: a second demo reuses the finished cells).
 fn demo_grid(a: &DemoArgs, out: &std::path::Path) -> Result<()> {
-    let file = if a.grid.exists() {
-        a.grid.clone()
-    } else {
-        let copy = out.join("demo_table1.yaml");
-        write_atomic(&copy, DEMO_TABLE1_YAML.as_bytes())?;
-        println!("{} not found: using the built-in copy, written to {}", a.grid.display(), copy.display());
-        copy
+    let default = std::path::Path::new(DEMO_GRID);
+    let file = match &a.grid {
+        Some(g) => g.clone(),
+        None if default.exists() => default.to_path_buf(),
+        None => {
+            let copy = out.join("demo_table1.yaml");
+            write_atomic(&copy, DEMO_TABLE1_YAML.as_bytes())?;
+            println!("{DEMO_GRID} not found: using the built-in copy, written to {}", copy.display());
+            copy
+        }
     };
     let file = file.to_string_lossy().into_owned();
     for cmd in ["run", "score", "report"] {
@@ -114,13 +124,20 @@ pub fn mean_pairwise_rms(images: &[&Vec<f32>]) -> f64 {
 
 pub fn demo(a: &DemoArgs) -> Result<()> {
     let settings = DemoSettings::default();
-    let out = ensure_out_dir(&a.out)?;
+    // Every check before the first file is written or the first minute spent.
     if a.seeds == 0 {
         anyhow::bail!("--seeds must be at least 1");
+    }
+    crate::limits::at_most("--seeds", a.seeds, MAX_DEMO_SEEDS)?;
+    if let Some(g) = a.grid.as_ref().filter(|_| !a.no_grid) {
+        if !g.is_file() {
+            anyhow::bail!("--grid {}: no such file (leave --grid out to use {DEMO_GRID} or the built-in copy)", g.display());
+        }
     }
     if let Some(w) = a.cfg.iter().find(|w| !w.is_finite()) {
         anyhow::bail!("--cfg values must be finite, got {w}");
     }
+    let out = ensure_out_dir(&a.out)?;
     let model = AnalyticPrior::new(settings.prior.clone())?;
     let device = Default::default();
     let captions: Vec<String> = settings.prior.captions.clone();

@@ -30,9 +30,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    let written = fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| fs::rename(&tmp, path).with_context(|| format!("cannot write {} (moving {} there)", path.display(), tmp.display())));
+    if written.is_err() {
+        // Leave no half-written temporary behind; the target is untouched either way.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Creates an output directory, refusing a path that exists as a file.

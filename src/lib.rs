@@ -21,4 +21,5 @@ pub mod cli;
 pub mod demo;
 pub mod experiment;
 pub mod io;
+pub mod limits;
 pub mod report;

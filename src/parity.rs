@@ -58,6 +58,9 @@ pub fn parity(a: &ParityArgs) -> Result<()> {
     // On the CPU, f16 runs on burn-candle (real f16 arithmetic, slow): a check of the
     // half-precision model code without a GPU. Candle's CPU matmul has no bf16.
     let requested: Precision = a.precision.parse()?;
+    if let Some(t) = a.tol.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        bail!("--tol must be a positive number, got {t}");
+    }
     let (precision, checks) = match (a.device.as_str(), requested) {
         ("cpu", Precision::F16) => (requested, run_checks::<burn_candle::Candle<half::f16>>(&a.fixtures, &Default::default())?),
         ("cpu", Precision::Bf16) => bail!("--precision bf16 needs --device cuda: the CPU's half-precision backend (burn-candle) has no bf16 matmul; f16 works on the CPU"),
@@ -128,7 +131,8 @@ fn rel_err<B: Backend, const D: usize>(a: Tensor<B, D>, b: &(Vec<f32>, Vec<usize
 
 fn manifest_inputs(dir: &Path, file: &str) -> Result<Value> {
     let path = dir.join("expected/manifest.json");
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let m: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON: restore it from the checkout", path.display()))?;
     m["files"]
         .as_array()
         .and_then(|fs| fs.iter().find(|f| f["file"] == file))

@@ -91,3 +91,89 @@ fn bad_input_gives_one_line_errors() {
     }
     assert_one_line_error(&ddrep(&["sample", "--bogus"]), "unexpected argument");
 }
+
+/// Sizes that would not fit in memory are one-line errors before any work, not allocation
+/// aborts; so are other values that used to be accepted silently.
+#[test]
+fn oversized_and_silent_inputs_are_refused() {
+    let d = tmp("limits");
+    assert_one_line_error(&sample("ddrep", &d, &["--num-samples", "100000000"]), "--num-samples is 100000000; at most 10000");
+    assert_one_line_error(&sample("ddrep", &d, &["--steps", "1000000000"]), "1000000000 DDIM steps exceed the 1000 training timesteps");
+    assert_one_line_error(&sample("ddrep", &d, &["--repaint", "3,1000000000"]), "more than 10000000 moves");
+    assert_one_line_error(&sample("ddrep", &d, &["--analytic-shape", "100000,100000,100000"]), "channels is 100000; at most 64");
+    assert_one_line_error(&sample("ddrep", &d, &["--width", "100000"]), "siren.width is 100000; at most 8192");
+    // Sample k uses seed + k: the last seed must not wrap around to 0.
+    let mut args = vec!["sample", "--prompt", "p", "--out", d.to_str().unwrap()];
+    args.extend(SMALL);
+    args.extend(["--seed", "18446744073709551615"]);
+    assert_one_line_error(&ddrep(&args), "runs past the largest seed");
+    assert!(!d.exists(), "a failed run created {}", d.display());
+    // A huge CFG scale overflows f32 in the pulled-back target: refused, not fitted as zeros.
+    assert_one_line_error(&sample("ddrep", &d, &["--cfg=1e38"]), "non-finite residual after the least-squares fit at step 0");
+
+    let demo = tmp("demo-limits");
+    assert_one_line_error(&ddrep(&["demo", "--seeds", "100000000", "--out", demo.to_str().unwrap()]), "--seeds is 100000000; at most 1000");
+    assert_one_line_error(&ddrep(&["demo", "--grid", "/nonexistent/grid.yaml", "--out", demo.to_str().unwrap()]), "--grid /nonexistent/grid.yaml: no such file");
+    assert!(!demo.exists(), "a failed demo created {}", demo.display());
+    assert_one_line_error(&ddrep(&["bench", "siren", "--sirens", "100000"]), "--sirens is 100000; at most 10000");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd15_tiny");
+    for tol in ["nan", "-1", "0"] {
+        assert_one_line_error(&ddrep(&["parity", "--fixtures", fixtures.to_str().unwrap(), &format!("--tol={tol}")]), "--tol must be a positive number");
+    }
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo_table1.yaml");
+    let out = tmp("slurm");
+    let slurm = |extra: &[&str]| {
+        let mut a = vec!["slurm", grid.to_str().unwrap()];
+        a.extend(extra);
+        let o = format!("--out={}", out.join("x.sbatch").display());
+        a.push(&o);
+        ddrep(&a)
+    };
+    assert_one_line_error(&slurm(&["--array", "18446744073709551615"]), "--array is 18446744073709551615; at most 200000");
+    assert_one_line_error(&slurm(&["--array", "2", "--sbatch=--partition=gpu\nrm -rf /tmp/x"]), "on one line");
+    assert!(!out.exists(), "a refused slurm call wrote {}", out.display());
+}
+
+/// `ddrep ... | head` closes the pipe early: the process ends as Unix tools do (SIGPIPE), with
+/// no panic message about a failed print.
+#[cfg(unix)]
+#[test]
+fn closed_stdout_pipe_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo_table1.yaml");
+    let out = format!("outputs.dir={}", tmp("pipe").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddrep"))
+        .args(["run", "--dry-run", grid.to_str().unwrap(), &out])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ddrep");
+    // Close the read end before ddrep prints its plan.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.status.success() || o.status.signal() == Some(13), "{:?}: {err}", o.status);
+}
+
+/// `compare` reads JPEG as its help says, and identical images (PSNR = inf) are left out of
+/// the mean with a note instead of printing `inf ± NaN`.
+#[test]
+fn compare_reads_jpeg_and_handles_identical_images() {
+    let d = tmp("jpeg");
+    std::fs::create_dir_all(&d).unwrap();
+    let img = image::RgbImage::from_fn(48, 48, |x, y| image::Rgb([(x * 5) as u8, (y * 5) as u8, 128]));
+    let (png, jpg) = (d.join("a.png"), d.join("a.jpg"));
+    img.save(&png).unwrap();
+    img.save(&jpg).unwrap();
+    let o = ddrep(&["compare", png.to_str().unwrap(), jpg.to_str().unwrap(), "--metrics", "psnr,ssim"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let psnr: f64 = out.lines().find(|l| l.starts_with("| psnr |")).and_then(|l| l.split('|').nth(2)).and_then(|c| c.split('±').next()).unwrap().trim().parse().unwrap();
+    assert!(psnr > 30.0 && psnr.is_finite(), "JPEG round trip PSNR {psnr}: {out}");
+    let o = ddrep(&["compare", png.to_str().unwrap(), png.to_str().unwrap(), "--metrics", "psnr"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("| psnr | n/a (1 inf or nan left out) | 1 |"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}

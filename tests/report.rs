@@ -259,10 +259,27 @@ fn report_bad_input_is_a_one_line_error() {
     let o = run(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!root.join("report/plots/kid_vs_cfg.png").exists());
+    // Another reference label than the one metrics.csv was scored against would mislabel it.
+    assert_one_line_error(&run(&["--reference", "baseline"]), "was scored against 'reference'");
+    // A report that fails half-way leaves the earlier one whole: it is built aside and swapped in.
+    let index_before = std::fs::read(root.join("report/index.html")).unwrap();
+    let grids_before = std::fs::read_dir(root.join("report/grids")).unwrap().count();
+    let first_cell = good.lines().nth(1).unwrap().split(',').nth(4).unwrap().to_string();
+    let image = root.join("cells").join(&first_cell).join("image.png");
+    let png = std::fs::read(&image).unwrap();
+    std::fs::write(&image, b"not a png").unwrap();
+    assert_one_line_error(&run(&[]), "image.png");
+    assert_eq!(std::fs::read(root.join("report/index.html")).unwrap(), index_before);
+    assert_eq!(std::fs::read_dir(root.join("report/grids")).unwrap().count(), grids_before);
+    let o = ddrep(&["report", yaml.as_str(), out.as_str(), "--check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(".report-")).collect();
+    assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
+    std::fs::write(&image, png).unwrap();
     // A grid that exclude empties.
     assert_one_line_error(&run(&["cfg=[3]", "exclude=[{cfg: 3}]"]), "the grid is empty");
     // Rows of metrics.csv outside the grid.
-    assert_one_line_error(&run(&["cfg=[30]"]), "is in this grid");
+    assert_one_line_error(&run(&["cfg=[30]"]), "is a cell of this grid");
     // A cell named in metrics.csv that is not in the store.
     let first_cell = good.lines().nth(1).unwrap().split(',').nth(4).unwrap().to_string();
     std::fs::remove_dir_all(root.join("cells").join(&first_cell)).unwrap();

@@ -255,3 +255,58 @@ fn config_with_indivisible_channels() {
     let msg = load_err(&dir);
     assert!(msg.contains("vae/config.json") && msg.contains("norm_num_groups = 0"), "{msg}");
 }
+
+/// Values that used to load and failed far away (a NaN denoiser output, a tokenizer without
+/// merges): refused at load, naming the file, key or tensor.
+#[test]
+fn values_that_break_sampling_are_refused_at_load() {
+    let edit = |dir: &Path, file: &str, key: &str, value: serde_json::Value| {
+        let p = dir.join(file);
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+    };
+    let sched = "scheduler/scheduler_config.json";
+    for (key, value, needle) in [
+        ("num_train_timesteps", serde_json::json!(1_000_000_000_000u64), "num_train_timesteps must be in [2, 100000]"),
+        ("beta_start", serde_json::json!(-1.0), "0 < beta_start <= beta_end < 1"),
+        ("beta_end", serde_json::json!(2.0), "0 < beta_start <= beta_end < 1"),
+        ("beta_start", serde_json::json!(0.5), "0 < beta_start <= beta_end < 1"),
+    ] {
+        let dir = copy_model("sched");
+        edit(&dir, sched, key, value);
+        let msg = load_err(&dir);
+        assert!(msg.contains(sched) && msg.contains(needle), "{key}: {msg}");
+    }
+    let dir = copy_model("scaling");
+    edit(&dir, "vae/config.json", "scaling_factor", serde_json::json!(0.0));
+    let msg = load_err(&dir);
+    assert!(msg.contains("vae/config.json: scaling_factor must be a positive number"), "{msg}");
+
+    let dir = copy_model("merges");
+    std::fs::write(dir.join("tokenizer/merges.txt"), "#version: 0.2\n").unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("tokenizer/merges.txt holds no merges"), "{msg}");
+
+    // A NaN, an inf, and an f64 beyond f32's range, each named by tensor.
+    for (tag, dtype, bytes) in [
+        ("nan", Dtype::F32, f32::NAN.to_le_bytes().to_vec()),
+        ("inf", Dtype::F16, half::f16::INFINITY.to_le_bytes().to_vec()),
+        ("f64", Dtype::F64, 1e300f64.to_le_bytes().to_vec()),
+    ] {
+        let dir = copy_model(tag);
+        rewrite(&dir.join(UNET), |(n, d, s, b)| {
+            if n == "conv_in.bias" {
+                let mut v: Vec<u8> = Vec::new();
+                for _ in 0..s.iter().product::<usize>() {
+                    v.extend(&bytes);
+                }
+                Some((n, dtype, s, v))
+            } else {
+                Some((n, d, s, b))
+            }
+        });
+        let msg = load_err(&dir);
+        assert!(msg.contains(UNET) && msg.contains("unet.conv_in.bias: element 0 is") && msg.contains("NaN or inf"), "{tag}: {msg}");
+    }
+}

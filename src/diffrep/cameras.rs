@@ -43,7 +43,7 @@ fn check_resolution(res: [usize; 2]) -> Result<()> {
     if res[0] == 0 || res[1] == 0 {
         bail!("view resolution must be positive, got {res:?}");
     }
-    Ok(())
+    crate::limits::image_shape("a view", [1, res[0], res[1]])
 }
 
 /// One pinhole view.
@@ -182,6 +182,7 @@ impl CylinderViews {
         if self.views == 0 {
             bail!("a panorama needs at least one view per step, got 0");
         }
+        crate::limits::at_most("panorama views per step", self.views, crate::limits::MAX_VIEWS)?;
         check_resolution(self.resolution)?;
         let (fx, fy) = self.fov()?;
         check_fov("the panorama view's horizontal field of view", fx)?;
@@ -264,6 +265,7 @@ impl SphereViews {
         if self.views == 0 {
             bail!("a NeRF needs at least one view per step, got 0");
         }
+        crate::limits::at_most("NeRF views per step", self.views, crate::limits::MAX_VIEWS)?;
         check_resolution(self.resolution)?;
         check_fov("the NeRF view's field of view", self.fov_deg.to_radians())?;
         if !(self.radius.is_finite() && self.radius > 0.0) {

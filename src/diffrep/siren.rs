@@ -86,6 +86,10 @@ impl SirenConfig {
         if h == 0 || w == 0 || self.out_channels == 0 || self.width == 0 {
             bail!("siren: resolution, out_channels and width must be positive");
         }
+        crate::limits::image_shape("siren render", [self.out_channels, h, w])?;
+        crate::limits::at_most("siren.width", self.width, crate::limits::MAX_SIREN_WIDTH)?;
+        crate::limits::at_most("siren.depth", self.depth, crate::limits::MAX_SIREN_DEPTH)?;
+        crate::limits::at_most("siren.embedding_size", self.embedding_size, crate::limits::MAX_SIREN_WIDTH)?;
         if self.embedding_size == 0 || !self.embedding_size.is_multiple_of(4) {
             bail!("siren.embedding_size must be a positive multiple of 4, got {}", self.embedding_size);
         }

@@ -147,6 +147,10 @@ impl VoxNerfConfig {
         if self.grid == 0 {
             bail!("voxnerf.grid (cells per axis) must be at least 1, got 0");
         }
+        crate::limits::at_most("voxnerf.grid (cells per axis)", self.grid, crate::limits::MAX_VOXEL_GRID)?;
+        crate::limits::at_most("voxnerf.channels", self.channels, crate::limits::MAX_CHANNELS)?;
+        crate::limits::at_most("voxnerf.background (texture side)", self.background, crate::limits::MAX_SIDE)?;
+        crate::limits::at_most("voxnerf.turntable (frames)", self.turntable, crate::limits::MAX_TURNTABLE)?;
         if self.channels == 0 || self.background == 0 {
             bail!("voxnerf.channels and voxnerf.background must be at least 1");
         }

@@ -27,6 +27,7 @@ pub fn chain_moves(n: usize, repaint: Option<RepaintConfig>) -> Result<Vec<Move>
     if n == 0 {
         bail!("the number of DDIM steps must be at least 1");
     }
+    crate::limits::at_most("the number of DDIM steps", n, crate::limits::MAX_STEPS)?;
     let Some(rp) = repaint else {
         return Ok((0..n).map(|from| Move::Reverse { from }).collect());
     };
@@ -35,6 +36,14 @@ pub fn chain_moves(n: usize, repaint: Option<RepaintConfig>) -> Result<Vec<Move>
     }
     if rp.jump_length >= n && rp.jump_n_sample > 1 {
         bail!("repaint.jump_length ({}) must be smaller than the number of steps ({n})", rp.jump_length);
+    }
+    if chain_len(n, rp).is_none_or(|m| m > crate::limits::MAX_CHAIN_MOVES) {
+        bail!(
+            "repaint ({}, {}) over {n} steps makes a chain of more than {} moves",
+            rp.jump_length,
+            rp.jump_n_sample,
+            crate::limits::MAX_CHAIN_MOVES
+        );
     }
     // Lugmayr's schedule in their time index v (n-1 .. -1); level = n - 1 - v.
     let mut jumps = vec![0usize; n];
@@ -68,6 +77,14 @@ pub fn chain_moves(n: usize, repaint: Option<RepaintConfig>) -> Result<Vec<Move>
             }
         })
         .collect())
+}
+
+/// The number of moves [`chain_moves`] makes (None if it overflows `usize`), known before the
+/// chain is built: each jump point (every `jump_length` levels below the top) is passed
+/// `jump_n_sample - 1` more times, `jump_length` levels up and down again.
+fn chain_len(n: usize, rp: RepaintConfig) -> Option<usize> {
+    let points = if rp.jump_length < n { (n - rp.jump_length - 1) / rp.jump_length + 1 } else { 0 };
+    rp.jump_n_sample.checked_sub(1)?.checked_mul(rp.jump_length)?.checked_mul(points)?.checked_mul(2)?.checked_add(n)
 }
 
 /// Denoiser evaluations of a chain: one per reverse move (forward moves reuse the latest x0).
@@ -114,5 +131,22 @@ mod tests {
         // Jumps at v = 0, 5, 10 (each passed 3 times): 20 + 3 * 2 * 5 reverse moves.
         assert_eq!(nfe_count(&m3), 50);
         assert!(chain_moves(0, None).is_err());
+    }
+
+    #[test]
+    fn chain_length_is_known_before_building() {
+        for n in [1, 2, 7, 20, 100] {
+            for (l, k) in [(1, 1), (1, 2), (2, 3), (5, 3), (6, 2), (19, 4)] {
+                let rp = RepaintConfig { jump_length: l, jump_n_sample: k };
+                if let Ok(m) = chain_moves(n, Some(rp)) {
+                    assert_eq!(chain_len(n, rp), Some(m.len()), "n {n}, repaint ({l}, {k})");
+                }
+            }
+        }
+        // Sizes that would not fit in memory are refused before anything is allocated.
+        assert!(chain_moves(1_000_000_000, None).is_err());
+        let e = chain_moves(10, Some(RepaintConfig { jump_length: 3, jump_n_sample: 1_000_000_000 })).unwrap_err();
+        assert!(e.to_string().contains("more than 10000000 moves"), "{e}");
+        assert!(chain_moves(10, Some(RepaintConfig { jump_length: 3, jump_n_sample: usize::MAX })).is_err());
     }
 }

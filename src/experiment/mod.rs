@@ -73,6 +73,12 @@ pub fn slurm(a: &SlurmArgs) -> Result<()> {
     if a.array == 0 {
         bail!("--array must be at least 1");
     }
+    crate::limits::at_most("--array", a.array, crate::limits::MAX_GRID_CELLS)?;
+    // Each option becomes one `#SBATCH` line of the script: a line break would start a shell
+    // command of its own.
+    if let Some(o) = a.sbatch.iter().find(|o| !o.starts_with('-') || o.chars().any(char::is_control)) {
+        bail!("--sbatch {o:?}: expected one sbatch option such as --partition=gpu (starting with '-', on one line)");
+    }
     let p = plan(&a.file, &a.overrides)?;
     let exe = std::env::current_exe().context("cannot find the ddrep executable")?;
     let file = std::fs::canonicalize(&a.file)?;
@@ -91,7 +97,7 @@ pub fn slurm(a: &SlurmArgs) -> Result<()> {
     ));
     let out = a.out.clone().unwrap_or_else(|| p.root.join("slurm.sbatch"));
     if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create the folder of {}", out.display()))?;
     }
     crate::io::write_atomic(&out, script.as_bytes())?;
     println!("{}: {} cells in {} array tasks -> {} (submit with: sbatch {})", p.file.name, p.cells.len(), a.array, out.display(), out.display());
@@ -245,6 +251,19 @@ fn expand(path: &Path, file: &ExperimentFile, caps: &[Caption], model_key: &serd
         DeviceKind::Cpu => "cpu",
         DeviceKind::Cuda => "cuda",
     };
+    // Checked before expanding: every cell holds its key in memory.
+    let product = [file.methods.len(), file.cfg.len(), caps.len(), file.seeds.0.len()].iter().try_fold(1usize, |a, &n| a.checked_mul(n));
+    if product.is_none_or(|n| n > crate::limits::MAX_GRID_CELLS) {
+        bail!(
+            "{}: the grid has {} methods x {} guidance scales x {} captions x {} seeds, more than {} cells; split it into several experiment files",
+            path.display(),
+            file.methods.len(),
+            file.cfg.len(),
+            caps.len(),
+            file.seeds.0.len(),
+            crate::limits::MAX_GRID_CELLS
+        );
+    }
     let mut cells = Vec::new();
     let mut total = 0;
     for entry in &file.methods {

@@ -269,8 +269,9 @@ fn parse_range(s: &str) -> Result<Seeds, String> {
     if end <= a {
         return Err(format!("range \"{s}\" is empty; END must exceed START"));
     }
-    if end - a > 1_000_000 {
-        return Err(format!("range \"{s}\" has {} seeds; at most 1000000", end - a));
+    // A grid holds at most this many cells in all (crate::limits), so no more seeds either.
+    if end - a > crate::limits::MAX_GRID_CELLS as u64 {
+        return Err(format!("range \"{s}\" has {} seeds; at most {}", end - a, crate::limits::MAX_GRID_CELLS));
     }
     check_seeds((a..end).collect())
 }
@@ -451,7 +452,9 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<ExperimentFile> {
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read experiment file {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
-    parse(path, &text, overrides)
+    // Editors on Windows may start the file with a byte-order mark, which YAML would read as
+    // part of the first key.
+    parse(path, text.strip_prefix('\u{feff}').unwrap_or(&text), overrides)
 }
 
 /// `load` on text already read; `path` only names the file in messages.
@@ -504,7 +507,8 @@ fn with_overrides(path: &Path, text: &str, overrides: &[String]) -> Result<Exper
     merge_sampler(&mut doc);
     let ctx = if overrides.is_empty() { String::new() } else { format!(" (after overrides {})", overrides.join(" ")) };
     let f: ExperimentFile = serde_norway::from_value(doc).map_err(|e| anyhow::anyhow!("{}{ctx}: {e}", path.display()))?;
-    check(path, &f).with_context(|| ctx.clone())?;
+    // check()'s errors start with the file name; the overrides go at the end.
+    check(path, &f).map_err(|e| anyhow::anyhow!("{e:#}{ctx}"))?;
     Ok(f)
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::solver::{fit, residual_rms, SolverConfig};
+use super::solver::{check_residual, fit, residual_rms, SolverConfig};
 use super::{MethodOutput, StepDiagnostic};
 use crate::diffrep::Diffrep;
 use crate::diffusion::{
@@ -125,6 +125,9 @@ impl<B: Backend> PullbackChain<B> {
                 repaint_forward(xhat.clone(), self.eps.clone(), x0, &coeffs, z)
             }
         };
+        // A finite x0 can still give an infinite target (a huge CFG scale overflows f32 in the
+        // step); Adam's normalised updates would fit it without a NaN ever showing.
+        ensure_finite(&target, || format!("the pulled-back target of {kind} move {step} (t = {t})"))?;
         self.eps = eps;
         Ok(MoveTarget { kind, t, sigma: coeffs.sigma_from, target })
     }
@@ -159,7 +162,9 @@ where
         params = fit(rep, params, target.clone(), &cfg.solver)?;
         xhat = rep.render(&params).inner();
         ensure_finite(&xhat, || format!("the diffrep render after the least-squares fit at step {step} (t = {t})"))?;
-        diagnostics.push(StepDiagnostic { step, kind: kind.into(), t, sigma, residual: residual_rms::<B>(xhat.clone(), target), nfe: den.nfe(), overlap: None });
+        let residual = residual_rms::<B>(xhat.clone(), target);
+        check_residual(&residual, step, t)?;
+        diagnostics.push(StepDiagnostic { step, kind: kind.into(), t, sigma, residual, nfe: den.nfe(), overlap: None });
     }
     Ok(MethodOutput { params: Some(params), image: xhat, diagnostics, nfe: den.nfe() })
 }

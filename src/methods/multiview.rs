@@ -119,7 +119,9 @@ where
         params = fit_with(&render, n, params, target.clone(), &cfg.solver)?;
         xhat = render(&params).inner();
         ensure_finite(&xhat, || format!("the diffrep render after the least-squares fit at step {step} (t = {t})"))?;
-        diagnostics.push(StepDiagnostic { step, kind: kind.into(), t, sigma, residual: per_sample_rms(xhat.clone() - target, n), nfe: den.nfe(), overlap });
+        let residual = per_sample_rms(xhat.clone() - target, n);
+        super::solver::check_residual(&residual, step, t)?;
+        diagnostics.push(StepDiagnostic { step, kind: kind.into(), t, sigma, residual, nfe: den.nfe(), overlap });
     }
     let image = rep.render(&params).inner();
     let cameras = rep.cameras(&views).to_vec();

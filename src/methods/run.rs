@@ -122,6 +122,7 @@ impl DiffrepSpec {
             if c.views == Some(0) {
                 bail!("sjc.views must be at least 1");
             }
+            crate::limits::at_most("sjc.views", c.views.unwrap_or(0), crate::limits::MAX_VIEWS)?;
             if let Some(e) = &c.emptiness {
                 e.validate()?;
                 if !matches!(self, DiffrepSpec::Voxnerf(_)) {

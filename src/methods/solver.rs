@@ -156,6 +156,17 @@ pub fn fit_with<B: AutodiffBackend, P: AutodiffModule<B> + Clone>(
 }
 
 /// Per-sample root-mean-square residual `||r(theta) - target|| / sqrt(D)`.
+/// Refuses a non-finite fit residual of move `step`: the render and the target are finite
+/// there, so their difference overflowed f32 and the diagnostics (and the fit) mean nothing.
+pub fn check_residual(residual: &[f64], step: usize, t: usize) -> Result<()> {
+    if residual.iter().any(|r| !r.is_finite()) {
+        bail!(
+            "non-finite residual after the least-squares fit at step {step} (t = {t}): the render or its target is beyond f32's range (a diverging fit, e.g. too large a learning rate, or too large a CFG scale)"
+        );
+    }
+    Ok(())
+}
+
 pub fn residual_rms<B: AutodiffBackend>(render: Tensor<B::InnerBackend, 4>, target: Tensor<B::InnerBackend, 4>) -> Vec<f64> {
     per_sample_mse(render - target).into_iter().map(f64::sqrt).collect()
 }

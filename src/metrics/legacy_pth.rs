@@ -46,7 +46,8 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> MetricResult<&'a [u8]> {
-        if self.pos + n > self.b.len() {
+        // `pos <= len` always holds, so this cannot overflow however large `n` is.
+        if n > self.b.len() - self.pos {
             return Err(err(self.src, "unexpected end of file"));
         }
         let s = &self.b[self.pos..self.pos + n];
@@ -343,7 +344,8 @@ pub fn read_legacy_pth_bytes(bytes: &[u8], source: &str) -> MetricResult<TensorS
         }
         let es = *elem_sizes.get(&key).unwrap_or(&4);
         let pos = r.pos;
-        r.take(numel as usize * es)?;
+        let len = usize::try_from(numel).ok().and_then(|n| n.checked_mul(es)).ok_or_else(|| err(source, format!("storage {key}: size {numel} is too large")))?;
+        r.take(len)?;
         storages.insert(key, (pos, numel as usize));
     }
     let mut store = TensorStore::new(source.to_string());
@@ -353,17 +355,24 @@ pub fn read_legacy_pth_bytes(bytes: &[u8], source: &str) -> MetricResult<TensorS
         let Value::Tuple(t) = *pid else { return Err(err(source, format!("{name}: bad persistent id"))) };
         let Some(Value::Str(key)) = t.get(2) else { return Err(err(source, format!("{name}: bad storage key"))) };
         let &(pos, numel) = storages.get(key).ok_or_else(|| err(source, format!("{name}: storage {key} missing")))?;
-        let es = elem_sizes[key];
+        // A storage whose persistent id names no storage class has no element size.
+        let es = *elem_sizes.get(key).ok_or_else(|| err(source, format!("{name}: storage {key} has no storage class in its persistent id")))?;
+        // In bounds: the storage loop took exactly `numel * es` bytes at `pos`.
         let data = decode(es, &bytes[pos..pos + numel * es]);
         if size.len() != stride.len() {
             return Err(err(source, format!("{name}: size/stride rank mismatch")));
         }
-        let count: usize = size.iter().product();
+        // A state dict's tensor never has more elements than its storage; checking that here
+        // also bounds the allocation below by the file's own size.
+        let count = size.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&c| c <= numel);
+        let Some(count) = count else {
+            return Err(err(source, format!("{name}: size {size:?} has more elements than its storage ({numel})")));
+        };
         let mut out = Vec::with_capacity(count);
         let mut idx = vec![0usize; size.len()];
         for _ in 0..count {
-            let at = offset + idx.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
-            out.push(*data.get(at).ok_or_else(|| err(source, format!("{name}: view exceeds its storage")))?);
+            let at = idx.iter().zip(&stride).try_fold(offset, |a, (i, s)| i.checked_mul(*s).and_then(|v| a.checked_add(v)));
+            out.push(*at.and_then(|at| data.get(at)).ok_or_else(|| err(source, format!("{name}: view exceeds its storage")))?);
             for d in (0..idx.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < size[d] {
@@ -377,3 +386,74 @@ pub fn read_legacy_pth_bytes(bytes: &[u8], source: &str) -> MetricResult<TensorS
     Ok(store)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Pickle pieces for hand-made files (the layout of the module docs).
+    fn x(s: &str) -> Vec<u8> {
+        let mut v = vec![b'X'];
+        v.extend((s.len() as u32).to_le_bytes());
+        v.extend(s.as_bytes());
+        v
+    }
+    fn long8(i: i64) -> Vec<u8> {
+        let mut v = vec![0x8a, 8];
+        v.extend(i.to_le_bytes());
+        v
+    }
+    fn tuple(items: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = vec![b'('];
+        items.iter().for_each(|i| v.extend(i));
+        v.push(b't');
+        v
+    }
+    /// A one-tensor state dict `w`: its storage `numel_declared` long in the header, with
+    /// `data` after it, viewed with `size` / `stride`; `class` false leaves the storage class out.
+    fn file(numel_declared: i64, data: &[u8], size: &[i64], stride: &[i64], class: bool) -> Vec<u8> {
+        let mut f = vec![0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
+        f.extend(b"\x80\x02M\xe9\x03.\x80\x02}.");
+        let storage_class = if class { b"ctorch\nFloatStorage\n".to_vec() } else { b"N".to_vec() };
+        let pid = [tuple(&[x("storage"), storage_class, x("0"), x("cpu"), long8(4), b"N".to_vec()]), b"Q".to_vec()].concat();
+        let sizes = tuple(&size.iter().map(|&s| long8(s)).collect::<Vec<_>>());
+        let strides = tuple(&stride.iter().map(|&s| long8(s)).collect::<Vec<_>>());
+        f.extend(b"\x80\x02}(");
+        f.extend(x("w"));
+        f.extend(b"ctorch._utils\n_rebuild_tensor_v2\n");
+        f.extend(tuple(&[pid, b"K\x00".to_vec(), sizes, strides]));
+        f.extend(b"Ru.");
+        f.extend(b"\x80\x02](");
+        f.extend(x("0"));
+        f.extend(b"e.");
+        f.extend(numel_declared.to_le_bytes());
+        f.extend(data);
+        f
+    }
+
+    #[test]
+    fn reads_a_strided_view() {
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let s = read_legacy_pth_bytes(&file(4, &data, &[2, 2], &[1, 2], true), "t.pth").unwrap();
+        // The transpose of the storage.
+        assert_eq!(s.get("w", &[2, 2]).unwrap().data, vec![1.0, 3.0, 2.0, 4.0]);
+    }
+
+    /// Hostile headers: each an error naming the file, none a panic, overflow or huge allocation.
+    #[test]
+    fn hostile_sizes_are_errors() {
+        let data = [0u8; 16];
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("no storage class", file(4, &data, &[4], &[1], false)),
+            ("storage size wraps usize", file((1 << 62) - 1, &data, &[4], &[1], true)),
+            ("view larger than its storage", file(4, &data, &[1 << 31, 1 << 31], &[1, 1], true)),
+            ("size product overflows", file(4, &data, &[1 << 32, 1 << 32], &[1, 1], true)),
+            ("strides overflow", file(4, &data, &[2, 2], &[1 << 62, 1 << 62], true)),
+            ("truncated data", file(4, &data[..10], &[4], &[1], true)),
+        ];
+        for (what, bytes) in cases {
+            let e = read_legacy_pth_bytes(&bytes, "bad.pth").err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(e.to_string().contains("bad.pth: legacy torch file"), "{what}: {e}");
+        }
+    }
+}

@@ -213,6 +213,7 @@ impl AnalyticPrior {
         if c == 0 || h == 0 || w == 0 {
             bail!("analytic prior shape {:?} has a zero dimension", config.shape);
         }
+        crate::limits::image_shape("the analytic prior's", config.shape)?;
         if !(config.pixel_std > 0.0 && config.pixel_std.is_finite()) {
             bail!("analytic prior pixel_std must be positive, got {}", config.pixel_std);
         }

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::backend::Cpu;
 use super::metric_args::{load_rgb as load, KidArgs, Loaded, WeightArgs};
-use crate::metrics::{self, mean_std, ImageBatch, ResizeMode, SsimConfig};
+use crate::metrics::{self, ImageBatch, ResizeMode, SsimConfig};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -39,6 +39,8 @@ fn list(path: &Path) -> Result<BTreeMap<String, PathBuf>> {
                 out.insert(p.file_name().unwrap_or_default().to_string_lossy().into_owned(), p);
             }
         }
+    } else if path.exists() {
+        bail!("{} is neither an image file nor a folder of images", path.display());
     } else {
         bail!("{} does not exist", path.display());
     }
@@ -101,8 +103,7 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
         }
         for (name, v) in [("psnr", &ps), ("ssim", &ss), ("lpips", &ls)] {
             if !v.is_empty() {
-                let (m, s) = mean_std(v);
-                println!("| {name} | {m:.4} ± {s:.4} | {} |", v.len());
+                println!("| {name} | {} | {} |", super::score::mean_pm(v, 4), v.len());
             }
         }
         let unpaired = la.len().max(lb.len()) - pairs.len();

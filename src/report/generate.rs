@@ -65,6 +65,11 @@ fn read_score_json(path: &Path) -> Result<ScoreInfo> {
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON ({e}): rerun ddrep score", path.display()))?;
+    for key in ["reference", "reference_label", "baseline", "baseline_label"] {
+        if v.get(key).is_some_and(|x| !x.is_string() && !x.is_null()) {
+            bail!("{}: `{key}` must be a method label (a string): rerun ddrep score", path.display());
+        }
+    }
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let mut notes = Vec::new();
     for key in ["unavailable", "unavailable_metrics"] {
@@ -185,17 +190,44 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         if all_rows.is_empty() {
             bail!("{} has no scored cells: the grid is empty or unfinished (run ddrep run, then ddrep score)", metrics_path.display());
         }
-        // Only the rows of this grid (the overrides may select part of what was scored).
-        let rows: Vec<MetricRow> = all_rows.iter().filter(|r| f.cfg.contains(&r.cfg) && f.seeds.0.contains(&r.seed) && labels.contains(&r.label)).cloned().collect();
+        // Only the rows of this grid (the overrides may select part of what was scored): by
+        // cell id when the grid's ids resolve, so that rows of other settings under the same
+        // labels (`methods.1.solver.lr=...`) are not reported as this grid's.
+        let in_grid = |r: &MetricRow| f.cfg.contains(&r.cfg) && f.seeds.0.contains(&r.seed) && labels.contains(&r.label);
+        let rows: Vec<MetricRow> = match crate::experiment::plan(file, overrides) {
+            Ok(p) => {
+                let ids: HashSet<&str> = p.cells.iter().map(|c| c.id.as_str()).collect();
+                all_rows.iter().filter(|r| in_grid(r) && ids.contains(r.cell.as_str())).cloned().collect()
+            }
+            Err(e) => {
+                notes.push(format!("metrics.csv rows picked by this grid's labels, CFG scales and seeds; rows of other overrides may be among them (the grid's cell ids need its model and captions: {e:#})."));
+                all_rows.iter().filter(|r| in_grid(r)).cloned().collect()
+            }
+        };
         if rows.is_empty() {
-            bail!("none of the {} rows of {} is in this grid (labels {}, cfg {:?}): score it with the same overrides", all_rows.len(), metrics_path.display(), labels.join(", "), f.cfg);
+            bail!(
+                "none of the {} rows of {} is a cell of this grid (labels {}, cfg {:?}, with these overrides): run and score it with the same overrides",
+                all_rows.len(),
+                metrics_path.display(),
+                labels.join(", "),
+                f.cfg
+            );
         }
         (all_rows, rows)
     } else {
         (Vec::new(), Vec::new())
     };
     let score = if scored { read_score_json(&root.join("score.json"))? } else { ScoreInfo::default() };
+    // The metrics were computed against score.json's reference: another label would mislabel them.
+    if let (Some(asked), Some(scored_against)) = (reference, score.reference.as_deref()) {
+        if asked != scored_against {
+            bail!("--reference {asked}: {} was scored against '{scored_against}'; run `ddrep score {} --reference {asked}` first", metrics_path.display(), file.display());
+        }
+    }
     let reference = reference.map(str::to_string).or(score.reference.clone()).unwrap_or_else(|| "reference".into());
+    if scored && !labels.contains(&reference) {
+        bail!("reference label '{reference}' is not a method of this grid (labels: {})", labels.join(", "));
+    }
     let baseline = score.baseline.clone().unwrap_or_else(|| "baseline".into());
     let kid_path = root.join("kid.csv");
     let kid: Vec<KidRow> = if scored && kid_path.exists() {
@@ -227,21 +259,14 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
     cells.sort_by(|a, b| (a.caption_index, a.seed).cmp(&(b.caption_index, b.seed)).then(a.cfg.total_cmp(&b.cfg)).then((rank(&a.label), &a.id).cmp(&(rank(&b.label), &b.id))));
     let multiview = cells.iter().any(|c| c.multiview);
 
-    let out = root.join("report");
-    // plots/ and grids/ are wholly generated: drop files of an earlier report (e.g. a KID plot
-    // after kid.csv went away).
-    for sub in ["plots", "grids"] {
-        let d = out.join(sub);
-        if d.is_dir() {
-            std::fs::remove_dir_all(&d).with_context(|| format!("cannot clear {}", d.display()))?;
-        }
-    }
+    // The report is written whole into a staging folder beside `report/` (same depth, so its
+    // relative links are the same) and swapped in at the end: a failed or killed run leaves
+    // the earlier report as it was, and no file of an earlier report outlives a new one.
+    let dest = root.join("report");
+    let stage = Staging::new(&root)?;
+    let out = stage.dir.clone();
     std::fs::create_dir_all(out.join("plots")).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::create_dir_all(out.join("grids"))?;
-    // Tables of an earlier report that this one does not write.
-    for stale in ["consistency.csv", "consistency.md", "diversity.csv", "diversity.md"] {
-        let _ = std::fs::remove_file(out.join(stale));
-    }
 
     // Tables.
     let t = if scored {
@@ -486,13 +511,64 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
         rows: &rows,
         notes,
     });
-    let index = out.join("index.html");
-    crate::io::write_atomic(&index, html.as_bytes())?;
-    let bad = gallery::check_links(&index)?;
+    crate::io::write_atomic(&out.join("index.html"), html.as_bytes())?;
+    let bad = gallery::check_links(&out.join("index.html"))?;
     if !bad.is_empty() {
-        bail!("{}: {} broken links, first: {}", index.display(), bad.len(), bad[0]);
+        bail!("{}: {} broken links, first: {}", dest.join("index.html").display(), bad.len(), bad[0]);
     }
-    Ok(ReportOutput { dir: out, table: t, consistency, diversity, plots: plot_files, grids: grid_files, index })
+    stage.replace(&dest)?;
+    let moved = |p: Vec<PathBuf>| p.into_iter().map(|p| p.strip_prefix(&out).map(|r| dest.join(r)).unwrap_or(p)).collect();
+    let (plots, grids) = (moved(plot_files), moved(grid_files));
+    Ok(ReportOutput { index: dest.join("index.html"), dir: dest, table: t, consistency, diversity, plots, grids })
+}
+
+/// A report being written: `root/.report-staging-PID`, removed on drop unless it has replaced
+/// `root/report`.
+struct Staging {
+    dir: PathBuf,
+    /// Moved into place: nothing left to remove.
+    placed: bool,
+}
+
+impl Staging {
+    fn new(root: &Path) -> Result<Self> {
+        // Leftovers of killed runs (their process ids are gone or reused; a report of the same
+        // grid running right now would be racing this one anyway).
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".report-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = root.join(format!(".report-staging-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self { dir, placed: false })
+    }
+
+    /// Puts the staged report at `dest`: two renames (the old report aside, the new one in),
+    /// then the old one is deleted.
+    fn replace(mut self, dest: &Path) -> Result<()> {
+        let old = dest.with_file_name(format!(".report-old-{}", std::process::id()));
+        if dest.exists() {
+            std::fs::rename(dest, &old).with_context(|| format!("cannot move the earlier report {} aside", dest.display()))?;
+        }
+        if let Err(e) = std::fs::rename(&self.dir, dest) {
+            let _ = std::fs::rename(&old, dest);
+            return Err(e).with_context(|| format!("cannot move {} to {}", self.dir.display(), dest.display()));
+        }
+        self.placed = true;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 pub fn report(a: &ReportArgs) -> Result<()> {

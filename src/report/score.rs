@@ -419,9 +419,20 @@ pub fn score_plan(a: &ScoreArgs) -> Result<ScoreOutput> {
     Ok(ScoreOutput { root: p.root, rows, kid: kid_rows, missing, summary })
 }
 
-fn mean_pm(v: &[f64], digits: usize) -> String {
-    let (m, sd) = mean_std(v);
-    format!("{m:.digits$} ± {sd:.digits$}")
+/// `mean ± std` of the finite values, saying how many others (PSNR of identical images is
+/// inf) were left out, as the report's tables do.
+pub(crate) fn mean_pm(v: &[f64], digits: usize) -> String {
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    let text = if finite.is_empty() {
+        "n/a".to_string()
+    } else {
+        let (m, sd) = mean_std(&finite);
+        format!("{m:.digits$} ± {sd:.digits$}")
+    };
+    match v.len() - finite.len() {
+        0 => text,
+        k => format!("{text} ({k} inf or nan left out)"),
+    }
 }
 
 /// Table 1's layout: one block per method, rows PSNR / SSIM / LPIPS (those computed), columns

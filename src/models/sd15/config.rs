@@ -292,6 +292,13 @@ impl VaeConfig {
         if n == 0 {
             bail!("vae/config.json: block_out_channels is empty");
         }
+        // Latents are divided by it on the way into the decoder.
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            bail!("vae/config.json: scaling_factor must be a positive number (SD1.5: 0.18215), got {}", self.scaling_factor);
+        }
+        if self.shift_factor.is_some_and(|s| !s.is_finite()) {
+            bail!("vae/config.json: shift_factor must be a finite number or null");
+        }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
                 bail!("vae/config.json: block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}", self.norm_num_groups);

@@ -294,8 +294,21 @@ fn schedule_from(s: &SchedulerConfig) -> Result<Schedule> {
             s.beta_schedule
         );
     }
-    if s.num_train_timesteps < 2 {
-        bail!("scheduler/scheduler_config.json: num_train_timesteps must be at least 2");
+    if s.num_train_timesteps < 2 || s.num_train_timesteps > crate::limits::MAX_TRAIN_TIMESTEPS {
+        bail!(
+            "scheduler/scheduler_config.json: num_train_timesteps must be in [2, {}] (SD1.5: 1000), got {}",
+            crate::limits::MAX_TRAIN_TIMESTEPS,
+            s.num_train_timesteps
+        );
+    }
+    // scaled_linear interpolates sqrt(beta) between the two, so every beta lies between them.
+    let beta_ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
+    if !(beta_ok(s.beta_start) && beta_ok(s.beta_end) && s.beta_start <= s.beta_end) {
+        bail!(
+            "scheduler/scheduler_config.json: beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1 (SD1.5: 0.00085, 0.012), got {} and {}",
+            s.beta_start,
+            s.beta_end
+        );
     }
     Ok(Schedule::scaled_linear(
         s.beta_start,

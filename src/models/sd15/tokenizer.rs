@@ -90,6 +90,10 @@ impl ClipTokenizer {
             };
             ranks.entry((a.to_string(), b.to_string())).or_insert(i);
         }
+        // Without merges every word falls apart into characters: a truncated or emptied file.
+        if ranks.is_empty() {
+            bail!("{} holds no merges (CLIP's has 48894): restore the file from the model download", merges_path.display());
+        }
 
         // special_tokens_map.json wins over tokenizer_config.json, as in transformers.
         let mut special: HashMap<String, String> = HashMap::new();

@@ -72,13 +72,18 @@ impl WeightFile {
     /// The tensor's values as f32, or an error naming its dtype.
     fn read_f32(&self, e: &Entry) -> std::result::Result<Vec<f32>, String> {
         let bytes = &self.mmap[e.range.0..e.range.1];
-        Ok(match e.dtype {
+        let v: Vec<f32> = match e.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-            other => return Err(format!("dtype {other:?}, expected F32, F16 or BF16")),
-        })
+            other => return Err(format!("dtype {other:?}, expected F32, F16, BF16 or F64")),
+        };
+        // A damaged file would otherwise surface only as a NaN denoiser output, far from here.
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("element {i} is {} (NaN or inf; f64 values beyond f32's range count too)", v[i]));
+        }
+        Ok(v)
     }
 }
 
