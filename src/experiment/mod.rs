@@ -213,9 +213,32 @@ pub fn plan(path: &Path, overrides: &[String]) -> Result<Plan> {
     let file = schema::load(path, overrides)?;
     let caps = captions::resolve(&file.captions).with_context(|| format!("{}: captions", path.display()))?;
     let model = resolve_model(&file, &caps).with_context(|| format!("{}: model", path.display()))?;
+    if let ResolvedModel::Analytic(c) = &model {
+        check_against_prior(&file, c).with_context(|| path.display().to_string())?;
+    }
     let cells = expand(path, &file, &caps, &model.key())?;
     let root = file.outputs.dir.join(&file.name);
     Ok(Plan { file, root, model, cells })
+}
+
+/// What each cell would find out when it starts, told once before anything runs (status,
+/// --dry-run, slurm): the diffrep's samples against the prior's shape, and the methods'
+/// steps against its schedule. SD1.5's are checked when the model loads.
+fn check_against_prior(file: &ExperimentFile, c: &AnalyticConfig) -> Result<()> {
+    let want = file.diffrep.denoised_shape();
+    if want != c.shape {
+        bail!(
+            "the {} diffrep's denoised samples are {want:?} (channels, height, width) but the analytic prior's shape is {:?}: make model.shape and the diffrep's resolution and channels agree",
+            file.diffrep.name(),
+            c.shape
+        );
+    }
+    let prior = AnalyticPrior::new(c.clone())?;
+    let schedule = Denoiser::<crate::backend::Cpu>::schedule(&prior);
+    for (i, m) in file.methods.iter().enumerate() {
+        m.spec.check_schedule(schedule).with_context(|| format!("methods[{i}] ({})", m.label()))?;
+    }
+    Ok(())
 }
 
 /// The grid's cells as `plan` makes them, except that SD1.5's weights are not read: the keys

@@ -49,6 +49,17 @@ impl MethodSpec {
             other => bail!("unknown method '{other}' (expected one of: ddrep, sjc, sds, reference)"),
         })
     }
+
+    /// The checks that need the model's training schedule (the DDIM levels, SJC's skips), as
+    /// the sampler makes them when it starts.
+    pub fn check_schedule(&self, schedule: &crate::diffusion::Schedule) -> Result<()> {
+        match self {
+            MethodSpec::Ddrep(c) => schedule.ddim_levels(c.steps, c.steps_offset).map(drop),
+            MethodSpec::Reference(c) => schedule.ddim_levels(c.steps, c.steps_offset).map(drop),
+            MethodSpec::Sjc(c) => c.validate(schedule.num_train_timesteps()),
+            MethodSpec::Sds(_) => Ok(()),
+        }
+    }
 }
 
 /// A diffrep and its settings: an image SIREN, or a multiview diffrep (paper §4.2-4.3) whose
