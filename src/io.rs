@@ -40,6 +40,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     written
 }
 
+/// Removes the temporaries of [`write_atomic`] in `dir` whose process has died (killed between
+/// writing and renaming). Linux only, where a live process id shows in `/proc`; elsewhere
+/// nothing is removed.
+pub fn sweep_stale_temps(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() && e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Creates an output directory, refusing a path that exists as a file.
 pub fn ensure_out_dir(dir: &Path) -> Result<PathBuf> {
     if dir.exists() && !dir.is_dir() {

@@ -275,7 +275,23 @@ fn report_bad_input_is_a_one_line_error() {
     assert!(o.status.success(), "{}", stderr(&o));
     let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(".report-")).collect();
     assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
+    // A report killed between moving the earlier one aside and moving the new one in (where
+    // folders cannot be exchanged in one step) left no report/: the next run puts it back.
+    std::fs::rename(root.join("report"), root.join(".report-old-4242")).unwrap();
+    assert_one_line_error(&run(&[]), "image.png");
+    assert_eq!(std::fs::read(root.join("report/index.html")).unwrap(), index_before);
+    // Temporaries of a killed write (a process id that is not running) are swept.
+    let stale = root.join(".metrics.csv.tmp-999999999");
+    std::fs::write(&stale, "half").unwrap();
     std::fs::write(&image, png).unwrap();
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stale.exists() || !Path::new("/proc/self").exists(), "{} was not swept", stale.display());
+    // Two reports of one grid at once: the second is told to wait, the first is unharmed.
+    let lock = std::fs::File::options().write(true).open(root.join(".report.lock")).unwrap();
+    lock.lock().unwrap();
+    assert_one_line_error(&run(&[]), "another `ddrep report` is writing");
+    drop(lock);
     // A grid that exclude empties.
     assert_one_line_error(&run(&["cfg=[3]", "exclude=[{cfg: 3}]"]), "the grid is empty");
     // Rows of metrics.csv outside the grid.

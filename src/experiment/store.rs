@@ -76,6 +76,8 @@ impl Store {
             ),
             Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
         }
+        // experiment.json and the like of a run killed mid-write.
+        crate::io::sweep_stale_temps(root);
         Ok(Self { root: root.to_path_buf(), _lock: f })
     }
 

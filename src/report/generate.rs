@@ -523,32 +523,54 @@ pub fn build_report(file: &Path, overrides: &[String], reference: Option<&str>) 
 }
 
 /// A report being written: `root/.report-staging-PID`, removed on drop unless it has replaced
-/// `root/report`.
+/// `root/report`. Holds `root/.report.lock` meanwhile, so that two reports of one grid do not
+/// sweep each other's staging folders.
 struct Staging {
     dir: PathBuf,
     /// Moved into place: nothing left to remove.
     placed: bool,
+    _lock: std::fs::File,
 }
 
 impl Staging {
     fn new(root: &Path) -> Result<Self> {
-        // Leftovers of killed runs (their process ids are gone or reused; a report of the same
-        // grid running right now would be racing this one anyway).
-        if let Ok(entries) = std::fs::read_dir(root) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".report-") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        let lock_path = root.join(".report.lock");
+        let lock = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!("another `ddrep report` is writing {}: wait for it to finish", root.join("report").display()),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+        }
+        // Leftovers of killed runs (no other report runs: the lock is ours). A run killed
+        // between the two renames of `replace` left no `report/` but the earlier one aside:
+        // put it back first.
+        let dest = root.join("report");
+        let mut leftovers: Vec<PathBuf> = std::fs::read_dir(root)
+            .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".report-")).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if !dest.exists() {
+            if let Some(i) = leftovers.iter().position(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".report-old-"))) {
+                let old = leftovers.remove(i);
+                std::fs::rename(&old, &dest).with_context(|| format!("cannot restore the earlier report {} to {}", old.display(), dest.display()))?;
             }
         }
+        for p in leftovers {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        crate::io::sweep_stale_temps(root);
         let dir = root.join(format!(".report-staging-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self { dir, placed: false })
+        Ok(Self { dir, placed: false, _lock: lock })
     }
 
-    /// Puts the staged report at `dest`: two renames (the old report aside, the new one in),
-    /// then the old one is deleted.
+    /// Puts the staged report at `dest`: where the OS can, one exchange of the two folders
+    /// (the earlier report then sits in the staging folder and goes with it); else two renames
+    /// (the old report aside, the new one in), which the next run repairs if killed between.
     fn replace(mut self, dest: &Path) -> Result<()> {
+        if dest.exists() && exchange(&self.dir, dest).is_ok() {
+            return Ok(()); // drop removes the earlier report, now at self.dir
+        }
         let old = dest.with_file_name(format!(".report-old-{}", std::process::id()));
         if dest.exists() {
             std::fs::rename(dest, &old).with_context(|| format!("cannot move the earlier report {} aside", dest.display()))?;
@@ -561,6 +583,25 @@ impl Staging {
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
+}
+
+/// Swaps two existing paths in one step (Linux's `renameat2` with `RENAME_EXCHANGE`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (ca, cb) = (std::ffi::CString::new(a.as_os_str().as_bytes())?, std::ffi::CString::new(b.as_os_str().as_bytes())?);
+    // Safety: two NUL-terminated paths that live across the call; AT_FDCWD resolves them as given.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 impl Drop for Staging {

@@ -593,6 +593,8 @@ fn write_parquet(path: &Path, df: polars::prelude::PolarsResult<polars::prelude:
 pub fn score(a: &ScoreArgs) -> Result<()> {
     let out = score_plan(a)?;
     let root = &out.root;
+    // Temporaries of a score killed between writing and renaming its outputs.
+    crate::io::sweep_stale_temps(root);
     let t = table(&out.rows, &out.kid, &a.baseline);
     write_atomic(&root.join("metrics.csv"), metrics_csv(&out.rows).as_bytes())?;
     write_parquet(&root.join("metrics.parquet"), metrics_frame(&out.rows))?;
