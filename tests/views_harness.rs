@@ -173,7 +173,7 @@ fn bad_panorama_and_nerf_yaml_give_one_line_errors() {
     assert_one_line_error(&run(&pano, &["methods=[{method: sjc, emptiness: {}}]"]), "sjc.emptiness applies to voxnerf diffreps only");
     assert_one_line_error(&run(&nerf, &["methods.1.views=0"]), "sjc.views must be at least 1");
     // The model's samples must be the views.
-    assert_one_line_error(&run(&nerf, &["model.shape=[3,8,12]"]), "diffrep views [3, 8, 8] but the model samples [3, 8, 12]");
+    assert_one_line_error(&run(&nerf, &["model.shape=[3,8,12]"]), "the voxnerf diffrep's denoised samples are [3, 8, 8] (channels, height, width) but the analytic prior's shape is [3, 8, 12]");
     // A bad file as written: the error names the file, line and column.
     std::fs::create_dir_all(&out).unwrap();
     let bad = out.join("bad_nerf.yaml");
