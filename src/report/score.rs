@@ -573,21 +573,14 @@ fn kid_frame(rows: &[KidRow]) -> polars::prelude::PolarsResult<polars::prelude::
     )
 }
 
-/// Writes a data frame as Parquet atomically (temporary sibling, then rename).
+/// Writes a data frame as Parquet atomically: encoded in memory (score tables are small),
+/// then [`write_atomic`]'s temporary sibling and rename, whose leftovers the sweeps know.
 fn write_parquet(path: &Path, df: polars::prelude::PolarsResult<polars::prelude::DataFrame>) -> Result<()> {
     use polars::prelude::ParquetWriter;
     let mut df = df.with_context(|| format!("cannot build the table for {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-    let res = (|| -> Result<()> {
-        let f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        ParquetWriter::new(f).finish(&mut df).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    let mut bytes = Vec::new();
+    ParquetWriter::new(&mut bytes).finish(&mut df).with_context(|| format!("cannot encode {}", path.display()))?;
+    write_atomic(path, &bytes)
 }
 
 pub fn score(a: &ScoreArgs) -> Result<()> {
