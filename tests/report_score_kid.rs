@@ -2,9 +2,11 @@
 //! rule (random AlexNet trunk and Inception-v3, written to safetensors files here) and LPIPS heads
 //! of ones (or the real v0.1 heads from `$DDREP_SHARED/lpips/alex_v0.1.pth` when it is set):
 //! the per-cell LPIPS and per-set KID equal the library's, the Parquet files hold the CSV's
-//! values, features are cached across runs (and bad cache files recomputed), missing weights
-//! leave the other metrics running, and bad input is a one-line error.
+//! values, features are cached across runs (and bad cache files recomputed), weights not given
+//! leave the other metrics running, a named file that is missing stops the run with earlier
+//! outputs untouched, and bad input is a one-line error.
 
+mod common;
 mod metrics_support;
 
 use std::collections::HashMap;
@@ -277,9 +279,18 @@ fn score_lpips_kid_cache_parquet_and_unavailable_weights() {
     assert!(e.contains(&files[0].display().to_string()) && e.contains(&files[1].display().to_string()) && e.contains("recomputing"), "{e}");
     assert_eq!(std::fs::read_to_string(root.join("kid.csv")).unwrap(), kid_first);
 
-    // Missing weights: LPIPS and KID are reported unavailable, PSNR/SSIM still run, exit 0.
+    // A named but missing weight file stops score before it writes: earlier outputs stay.
     let gone = dir.join("no_such_inception.safetensors");
-    let o = score(&ov, &[], &[("DDREP_INCEPTION", gone.as_path())]);
+    let before: Vec<Vec<u8>> = ["metrics.csv", "kid.csv", "score.json"].iter().map(|f| std::fs::read(root.join(f)).unwrap()).collect();
+    let o = score(&ov, &[], &[("DDREP_LPIPS_TRUNK", w.trunk.as_path()), ("DDREP_LPIPS_HEADS", w.heads.as_path()), ("DDREP_INCEPTION", gone.as_path())]);
+    assert!(!o.status.success(), "{}", err(&o));
+    common::assert_one_line_error(&o, &gone.display().to_string());
+    assert!(err(&o).contains("DDREP_INCEPTION"), "{}", err(&o));
+    let after: Vec<Vec<u8>> = ["metrics.csv", "kid.csv", "score.json"].iter().map(|f| std::fs::read(root.join(f)).unwrap()).collect();
+    assert!(before == after, "a refused score changed earlier outputs");
+
+    // No weights given: LPIPS and KID are reported unavailable, PSNR/SSIM still run, exit 0.
+    let o = score(&ov, &[], &[]);
     assert!(o.status.success(), "{}", err(&o));
     let s = json(&root.join("score.json"));
     let un = s["unavailable"].as_array().unwrap();
@@ -287,7 +298,7 @@ fn score_lpips_kid_cache_parquet_and_unavailable_weights() {
     let (l, k) = (&un[0], &un[1]);
     assert_eq!((l["metric"].as_str(), k["metric"].as_str()), (Some("lpips"), Some("kid")));
     assert!(l["supply"].as_str().unwrap().contains("DDREP_LPIPS_TRUNK") && l["supply"].as_str().unwrap().contains("--lpips-trunk"), "{l}");
-    assert!(k["reason"].as_str().unwrap().contains(&gone.display().to_string()) && k["supply"].as_str().unwrap().contains("DDREP_INCEPTION"), "{k}");
+    assert!(k["reason"].as_str().unwrap().contains("no Inception file given") && k["supply"].as_str().unwrap().contains("DDREP_INCEPTION"), "{k}");
     assert_eq!(s["metrics_computed"], serde_json::json!(["psnr", "ssim"]));
     assert!(err(&o).contains("lpips unavailable") && err(&o).contains("kid unavailable"), "{}", err(&o));
     let (_, rows) = read_csv(&root.join("metrics.csv"));

@@ -8,8 +8,9 @@
 //!
 //! Inception pool features are cached per cell in `features/<cell>.<weights sha256[..12]>.safetensors`
 //! under the experiment's results folder (cells themselves are immutable), so a second run only
-//! computes the features of new cells. A metric whose weight files are missing is reported as
-//! unavailable (notice + `score.json`) and the others still run.
+//! computes the features of new cells. A metric whose weight files are not given is reported as
+//! unavailable (notice + `score.json`) and the others still run; a named file that is missing
+//! or unreadable stops the run before anything is written.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -96,13 +97,19 @@ impl Notices {
     }
 }
 
-/// The loaded weights, or `None` with the metric noted and recorded as unavailable.
-fn usable<T>(r: Result<T, Unavailable>, notices: &mut Notices, unavailable: &mut Vec<Unavailable>) -> Option<T> {
-    r.map_err(|u| {
-        notices.push(u.to_string());
-        unavailable.push(u);
-    })
-    .ok()
+/// The loaded weights; `None` with the metric noted and recorded as unavailable when no file
+/// was given. A file that was named (flag or environment) but cannot be used is an error, as in
+/// `compare`: a table silently missing the metric the user asked for is worse than a stop.
+fn usable<T>(r: Result<T, Unavailable>, notices: &mut Notices, unavailable: &mut Vec<Unavailable>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(u) if u.configured => bail!("{u}"),
+        Err(u) => {
+            notices.push(u.to_string());
+            unavailable.push(u);
+            Ok(None)
+        }
+    }
 }
 
 /// Reads cell images (not kept: a full SD grid's images do not fit in memory).
@@ -261,8 +268,8 @@ pub fn score_plan(a: &ScoreArgs) -> Result<ScoreOutput> {
     let mut unavailable: Vec<Unavailable> = Vec::new();
     let device = Default::default();
 
-    let lpips: Option<Lpips<Cpu>> = if want("lpips") { usable(a.weights.lpips(&device), &mut notices, &mut unavailable) } else { None };
-    let inception = match if want("kid") { usable(a.weights.inception::<Cpu>(&device), &mut notices, &mut unavailable) } else { None } {
+    let lpips: Option<Lpips<Cpu>> = if want("lpips") { usable(a.weights.lpips(&device), &mut notices, &mut unavailable)? } else { None };
+    let inception = match if want("kid") { usable(a.weights.inception::<Cpu>(&device), &mut notices, &mut unavailable)? } else { None } {
         Some((net, path)) => Some((net, path.clone(), crate::models::sd15::sha256_cached(&path)?)),
         None => None,
     };
