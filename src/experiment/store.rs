@@ -50,6 +50,18 @@ pub struct Store {
     _lock: File,
 }
 
+/// Tries to take an advisory lock on `path` (created if absent): `Ok(None)` when another
+/// process holds it in a conflicting mode. Shared by the run lock, the cell locks and
+/// `report`'s lock so that all of them open, lock and word their errors alike.
+pub fn try_lock_file(path: &Path, shared: bool) -> Result<Option<File>> {
+    let f = File::options().create(true).truncate(false).write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    match if shared { f.try_lock_shared() } else { f.try_lock() } {
+        Ok(()) => Ok(Some(f)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// How a cell lock attempt went.
 pub enum CellLock {
     Held(File),
@@ -65,17 +77,13 @@ impl Store {
             fs::create_dir_all(root.join(d)).with_context(|| format!("cannot create results folder {}", root.join(d).display()))?;
         }
         let lock_path = root.join(".lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
-        let r = if shared { f.try_lock_shared() } else { f.try_lock() };
-        match r {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => bail!(
+        let Some(f) = try_lock_file(&lock_path, shared)? else {
+            bail!(
                 "another `ddrep run` is working on {} (it holds {}); wait for it to finish, or run every process with --shard I/N to share the folder",
                 root.display(),
                 lock_path.display()
-            ),
-            Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
-        }
+            )
+        };
         // experiment.json and the like of a run killed mid-write.
         crate::io::sweep_stale_temps(root);
         Ok(Self { root: root.to_path_buf(), _lock: f })
@@ -96,12 +104,7 @@ impl Store {
 
     pub fn lock_cell(&self, id: &str) -> Result<CellLock> {
         let p = self.root.join("locks").join(format!("{id}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
-        match f.try_lock() {
-            Ok(()) => Ok(CellLock::Held(f)),
-            Err(TryLockError::WouldBlock) => Ok(CellLock::Busy),
-            Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", p.display())),
-        }
+        Ok(try_lock_file(&p, false)?.map_or(CellLock::Busy, CellLock::Held))
     }
 
     /// A fresh temporary directory for a cell (call with the cell's lock held).

@@ -535,13 +535,9 @@ struct Staging {
 impl Staging {
     fn new(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-        let lock_path = root.join(".report.lock");
-        let lock = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!("another `ddrep report` is writing {}: wait for it to finish", root.join("report").display()),
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
-        }
+        let Some(lock) = crate::experiment::store::try_lock_file(&root.join(".report.lock"), false)? else {
+            bail!("another `ddrep report` is writing {}: wait for it to finish", root.join("report").display())
+        };
         // Leftovers of killed runs (no other report runs: the lock is ours). A run killed
         // between the two renames of `replace` left no `report/` but the earlier one aside:
         // put it back first.
