@@ -243,8 +243,11 @@ fn sd15_nerf_and_panorama_cells_write_vae_decoded_figures() {
     let lat_w = rec["diffrep"]["panorama_resolution"][1].as_u64().unwrap();
     assert!(lat_w > 128, "{lat_w} latent columns: the panorama must span several decode tiles");
     assert_eq!(w, 8 * lat_w, "the decoded panorama is 8x the latent panorama's width");
-    // Latent view sizes the UNet cannot halve three times are refused before sampling.
+    // Latent view sizes the UNet cannot halve three times are refused before sampling, by
+    // plan too (from unet/config.json); views whose channels the UNet does not take as well.
     assert_one_line_error(&ddrep(&["run", pano.to_str().unwrap(), "diffrep.views.resolution=[8,20]"]), "multiples of 8");
+    assert_one_line_error(&ddrep(&["status", pano.to_str().unwrap(), "diffrep.views.resolution=[8,20]"]), "multiples of 8");
+    assert_one_line_error(&ddrep(&["status", nerf.to_str().unwrap(), "diffrep.channels=3"]), "diffrep views [3, 8, 8] but the model samples [4, 8, 8]");
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -303,7 +306,14 @@ fn sd15_siren_and_reference_cells_write_the_decoded_image() {
         ),
     )
     .unwrap();
-    ok(&ddrep(&["run", yaml.to_str().unwrap()]));
+    // plan (status, --dry-run, slurm) reads the model's configs, not its weights, and refuses
+    // what the first cell would: a render the UNet does not sample, steps past its schedule.
+    let y = yaml.to_str().unwrap();
+    assert_one_line_error(&ddrep(&["status", y, "diffrep.resolution=[8,8]"]), "diffrep renders [4, 8, 8] but the model samples [4, 16, 16]");
+    assert_one_line_error(&ddrep(&["run", y, "--dry-run", "methods.1.steps_offset=5000"]), "methods[1] (ddrep): steps_offset 5000 pushes the first timestep past 999");
+    // A reference-only grid samples the model's own shape: any SIREN setting goes.
+    ok(&ddrep(&["status", y, "diffrep.resolution=[8,8]", "methods=[{method: reference}]"]));
+    ok(&ddrep(&["run", y]));
     let cells = cells(&out.join("sd15_siren"));
     assert_eq!(cells.len(), 2);
     for (d, rec) in &cells {

@@ -213,30 +213,73 @@ pub fn plan(path: &Path, overrides: &[String]) -> Result<Plan> {
     let file = schema::load(path, overrides)?;
     let caps = captions::resolve(&file.captions).with_context(|| format!("{}: captions", path.display()))?;
     let model = resolve_model(&file, &caps).with_context(|| format!("{}: model", path.display()))?;
-    if let ResolvedModel::Analytic(c) = &model {
-        check_against_prior(&file, c).with_context(|| path.display().to_string())?;
-    }
+    check_against_model(&file, &model).with_context(|| path.display().to_string())?;
     let cells = expand(path, &file, &caps, &model.key())?;
     let root = file.outputs.dir.join(&file.name);
     Ok(Plan { file, root, model, cells })
 }
 
 /// What each cell would find out when it starts, told once before anything runs (status,
-/// --dry-run, slurm): the diffrep's samples against the prior's shape, and the methods'
-/// steps against its schedule. SD1.5's are checked when the model loads.
-fn check_against_prior(file: &ExperimentFile, c: &AnalyticConfig) -> Result<()> {
+/// --dry-run, slurm): the diffrep's samples against the model's shape, and the methods'
+/// steps against its schedule. SD1.5's come from its configs (no weights are read).
+fn check_against_model(file: &ExperimentFile, model: &ResolvedModel) -> Result<()> {
     let want = file.diffrep.denoised_shape();
-    if want != c.shape {
-        bail!(
-            "the {} diffrep's denoised samples are {want:?} (channels, height, width) but the analytic prior's shape is {:?}: make model.shape and the diffrep's resolution and channels agree",
-            file.diffrep.name(),
-            c.shape
-        );
-    }
-    let prior = AnalyticPrior::new(c.clone())?;
-    let schedule = Denoiser::<crate::backend::Cpu>::schedule(&prior);
+    let schedule = match model {
+        ResolvedModel::Analytic(c) => {
+            if want != c.shape {
+                bail!(
+                    "the {} diffrep's denoised samples are {want:?} (channels, height, width) but the analytic prior's shape is {:?}: make model.shape and the diffrep's resolution and channels agree",
+                    file.diffrep.name(),
+                    c.shape
+                );
+            }
+            // resolve_model built and validated the prior; its schedule needs none built.
+            AnalyticPrior::training_schedule()
+        }
+        ResolvedModel::Sd15 { dir, .. } => {
+            let s = crate::models::sd15::sampling_shape(dir).context("model")?;
+            let shape = match latent_size(&file.diffrep) {
+                Some(hw) => {
+                    check_latent_multiple(hw, s.latent_multiple)?;
+                    [s.sample_shape[0], hw[0], hw[1]]
+                }
+                None => s.sample_shape,
+            };
+            check_sample_shape(file, shape)?;
+            s.schedule
+        }
+    };
     for (i, m) in file.methods.iter().enumerate() {
-        m.spec.check_schedule(schedule).with_context(|| format!("methods[{i}] ({})", m.label()))?;
+        m.spec.check_schedule(&schedule).with_context(|| format!("methods[{i}] ({})", m.label()))?;
+    }
+    Ok(())
+}
+
+/// SD1.5 samples latents of the views' size for multiview diffreps; SIRENs take the UNet's.
+fn latent_size(d: &crate::methods::DiffrepSpec) -> Option<[usize; 2]> {
+    let s = d.denoised_shape();
+    d.is_multiview().then_some([s[1], s[2]])
+}
+
+fn check_latent_multiple([h, w]: [usize; 2], k: usize) -> Result<()> {
+    if h % k != 0 || w % k != 0 {
+        bail!("diffrep views of {h}x{w} latents: both sides must be multiples of {k} for this UNet");
+    }
+    Ok(())
+}
+
+/// The diffrep's renders (or views) against what the model samples; the reference method
+/// samples the model's shape itself, so a grid of it alone needs no match.
+fn check_sample_shape(file: &ExperimentFile, shape: [usize; 3]) -> Result<()> {
+    let needed = file.diffrep.denoised_shape();
+    if needed != shape && file.methods.iter().any(|m| !matches!(m.spec, MethodSpec::Reference(_))) {
+        let what = if file.diffrep.is_multiview() { "views" } else { "renders" };
+        let fix = match file.diffrep {
+            crate::methods::DiffrepSpec::Siren(_) => "diffrep.resolution and diffrep.out_channels",
+            crate::methods::DiffrepSpec::Panorama(_) => "diffrep.views.resolution and diffrep.out_channels",
+            crate::methods::DiffrepSpec::Voxnerf(_) => "diffrep.views.resolution and diffrep.channels",
+        };
+        bail!("diffrep {what} {needed:?} but the model samples {shape:?}: set {fix} to match");
     }
     Ok(())
 }
@@ -483,10 +526,7 @@ fn load_sd15_sized<L: Backend>(dir: &Path, latent: Option<[usize; 2]>, device: &
     let mut m = crate::models::sd15::Sd15::<L>::load(dir, device)?;
     if let Some([h, w]) = latent {
         // SD1.5 samples latents of any size the UNet divides: the views' size.
-        let k = m.latent_multiple();
-        if h % k != 0 || w % k != 0 {
-            bail!("diffrep views of {h}x{w} latents: both sides must be multiples of {k} for this UNet");
-        }
+        check_latent_multiple([h, w], m.latent_multiple())?;
         m.set_latent_size(h, w);
     }
     Ok(m)
@@ -500,11 +540,10 @@ struct Outcome<'a> {
 }
 
 fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, pending: &[&'a Cell], device: &B::Device) -> Result<Outcome<'a>> {
-    let needed = p.file.diffrep.denoised_shape();
     let (model, decoder): (Box<dyn Denoiser<B::InnerBackend>>, Option<Decoder>) = match &p.model {
         ResolvedModel::Analytic(c) => (Box::new(AnalyticPrior::new(c.clone())?), None),
         ResolvedModel::Sd15 { dir, precision, .. } => {
-            let latent = p.file.diffrep.is_multiview().then_some([needed[1], needed[2]]);
+            let latent = latent_size(&p.file.diffrep);
             match precision {
                 Precision::F32 => sd15_f32::<B::InnerBackend>(dir, latent, device)?,
                 #[cfg(feature = "cuda")]
@@ -518,16 +557,8 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
     };
     let model = model.as_ref();
     let decoder = decoder.as_ref();
-    let shape = model.sample_shape();
-    if needed != shape && p.cells.iter().any(|c| !matches!(c.method, MethodSpec::Reference(_))) {
-        let what = if p.file.diffrep.is_multiview() { "views" } else { "renders" };
-        let fix = match p.file.diffrep {
-            crate::methods::DiffrepSpec::Siren(_) => "diffrep.resolution and diffrep.out_channels",
-            crate::methods::DiffrepSpec::Panorama(_) => "diffrep.views.resolution and diffrep.out_channels",
-            crate::methods::DiffrepSpec::Voxnerf(_) => "diffrep.views.resolution and diffrep.channels",
-        };
-        bail!("diffrep {what} {needed:?} but the model samples {shape:?}: set {fix} to match");
-    }
+    // plan checked the configs; this checks the model as loaded.
+    check_sample_shape(&p.file, model.sample_shape())?;
     let term = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::with_draw_target(if term { indicatif::ProgressDrawTarget::stderr() } else { indicatif::ProgressDrawTarget::hidden() });
     let grid = bars.add(indicatif::ProgressBar::new(pending.len() as u64));

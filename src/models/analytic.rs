@@ -208,6 +208,11 @@ pub struct AnalyticPrior {
 }
 
 impl AnalyticPrior {
+    /// The training schedule every analytic prior uses (SD1.5's), known without building one.
+    pub fn training_schedule() -> Schedule {
+        Schedule::sd15()
+    }
+
     pub fn new(config: AnalyticConfig) -> Result<Self> {
         let [c, h, w] = config.shape;
         if c == 0 || h == 0 || w == 0 {
@@ -237,7 +242,7 @@ impl AnalyticPrior {
         variances.iter_mut().for_each(|v| *v *= norm);
         let mut prior = Self {
             basis: DctBasis::new(config.shape),
-            schedule: Schedule::sd15(),
+            schedule: Self::training_schedule(),
             variances,
             components: Vec::new(),
             config,

@@ -112,6 +112,32 @@ pub(crate) fn vae_key(k: &str) -> String {
         .replace(".proj_attn.", ".to_out.0.")
 }
 
+/// What a folder's configs say about sampling, read without the weights: the training
+/// schedule, the latent shape the UNet samples by default, and the multiple its latent sides
+/// must be. `plan` checks a grid against it before any cell runs; `load` uses the same.
+pub struct SamplingShape {
+    pub schedule: Schedule,
+    /// `[channels, height, width]` of the UNet's `sample_size` (64x64 for SD1.5).
+    pub sample_shape: [usize; 3],
+    /// The UNet halves the latent once per down block but the last (8 for SD1.5).
+    pub latent_multiple: usize,
+}
+
+/// Reads `scheduler/scheduler_config.json` and `unet/config.json` of `dir`.
+pub fn sampling_shape(dir: &Path) -> Result<SamplingShape> {
+    let scheduler: SchedulerConfig = config::read_config(&dir.join("scheduler/scheduler_config.json"))?;
+    let schedule = schedule_from(&scheduler)?;
+    let unet: UnetConfig = config::read_config(&dir.join("unet/config.json"))?;
+    unet.check_supported()?;
+    let s = match &unet.sample_size {
+        Some(config::PerBlock::One(s)) => [*s, *s],
+        Some(config::PerBlock::Each(v)) if v.len() == 2 => [v[0], v[1]],
+        _ => [64, 64],
+    };
+    let latent_multiple = 1usize.checked_shl(unet.block_out_channels.len().saturating_sub(1) as u32).filter(|&m| m > 0).unwrap_or(usize::MAX);
+    Ok(SamplingShape { schedule, sample_shape: [unet.in_channels, s[0], s[1]], latent_multiple })
+}
+
 impl<B: Backend> Sd15<B> {
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         Self::load_with(dir, device, LoadOptions::default())
@@ -150,9 +176,9 @@ impl<B: Backend> Sd15<B> {
             }
         }
 
+        let SamplingShape { schedule, sample_shape, .. } = sampling_shape(&dir)?;
         let scheduler: SchedulerConfig =
             config::read_config(&dir.join("scheduler/scheduler_config.json"))?;
-        let schedule = schedule_from(&scheduler)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
 
         let te_cfg: ClipTextConfig = config::read_config(&dir.join("text_encoder/config.json"))?;
@@ -204,16 +230,11 @@ impl<B: Backend> Sd15<B> {
                 bail!("unet cross_attention_dim {ctx} != text_encoder hidden_size {}: the parts come from different models", te_cfg.hidden_size);
             }
         }
-        let s = match &unet_cfg.sample_size {
-            Some(config::PerBlock::One(s)) => [*s, *s],
-            Some(config::PerBlock::Each(v)) if v.len() == 2 => [v[0], v[1]],
-            _ => [64, 64],
-        };
         Ok(Self {
             dir,
             tokenizer,
             text_encoder,
-            sample_shape: [unet_cfg.in_channels, s[0], s[1]],
+            sample_shape,
             unet,
             vae,
             scheduler,
