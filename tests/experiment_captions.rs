@@ -46,3 +46,26 @@ fn missing_file_says_how_to_get_it() {
     let e = format!("{:#}", ddrep::experiment::captions::coco_path(&spec).unwrap_err());
     assert!(e.contains("annotations_trainval2017.zip") && e.contains("DDREP_COCO_CAPTIONS"), "{e}");
 }
+
+/// A COCO file whose selected captions include an empty one, or whose annotation ids repeat,
+/// is refused naming the file and the id (inline captions refuse empty ones the same way).
+#[test]
+fn empty_captions_and_repeated_ids_are_refused() {
+    let dir = std::env::temp_dir().join(format!("ddrep_coco_bad_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, anns: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{{\"annotations\": [{anns}]}}")).unwrap();
+        p
+    };
+    let read = |p: &PathBuf, n: usize| read_coco(p, Selection::ByAnnotationId, n);
+    let blank = write("blank.json", r#"{"id": 5, "image_id": 1, "caption": "a dog"}, {"id": 7, "image_id": 1, "caption": "  \n"}, {"id": 9, "image_id": 2, "caption": "a cat"}"#);
+    // The blank caption (id 7) is second by annotation id: the first one is fine, two are not.
+    assert_eq!(read(&blank, 1).unwrap()[0].text, "a dog");
+    let e = format!("{:#}", read(&blank, 2).unwrap_err());
+    assert!(e.contains("blank.json") && e.contains("annotation id 7 has an empty caption"), "{e}");
+    let twice = write("twice.json", r#"{"id": 5, "image_id": 1, "caption": "a dog"}, {"id": 5, "image_id": 2, "caption": "a cat"}"#);
+    let e = format!("{:#}", read(&twice, 1).unwrap_err());
+    assert!(e.contains("twice.json") && e.contains("annotation id 5 appears more than once"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

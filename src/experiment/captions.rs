@@ -56,6 +56,12 @@ pub fn read_coco(path: &Path, select: Selection, n: usize) -> Result<Vec<Caption
     let file: CocoFile = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a COCO captions file (expected {{\"annotations\": [{{\"id\", \"image_id\", \"caption\"}}, ..]}})", path.display()))?;
     let mut anns = file.annotations;
+    // Ids order the selection and key the cells: two annotations with one id would make "the
+    // first N" ambiguous.
+    let mut seen = std::collections::HashSet::with_capacity(anns.len());
+    if let Some(a) = anns.iter().find(|a| !seen.insert(a.id)) {
+        bail!("{}: annotation id {} appears more than once: the file is damaged; restore it ({HOW_TO_GET})", path.display(), a.id);
+    }
     match select {
         Selection::ByAnnotationId => anns.sort_by_key(|a| a.id),
         Selection::ByImageId => anns.sort_by_key(|a| (a.image_id, a.id)),
@@ -63,7 +69,12 @@ pub fn read_coco(path: &Path, select: Selection, n: usize) -> Result<Vec<Caption
     if anns.len() < n {
         bail!("{} has {} captions; the experiment asks for the first {n}", path.display(), anns.len());
     }
-    Ok(anns.into_iter().take(n).map(|a| Caption { text: a.caption.trim().to_string(), id: Some(a.id), image_id: Some(a.image_id) }).collect())
+    let caps: Vec<Caption> = anns.into_iter().take(n).map(|a| Caption { text: a.caption.trim().to_string(), id: Some(a.id), image_id: Some(a.image_id) }).collect();
+    // As inline captions: an empty prompt is unconditional sampling, not a caption.
+    if let Some(c) = caps.iter().find(|c| c.text.is_empty()) {
+        bail!("{}: annotation id {} has an empty caption: fix the file or select other captions", path.display(), c.id.unwrap_or_default());
+    }
+    Ok(caps)
 }
 
 /// The grid's captions.
