@@ -96,7 +96,8 @@ struct Expected(WeightFile);
 
 impl Expected {
     fn open(dir: &Path, name: &str) -> Result<Self> {
-        Ok(Self(WeightFile::open(&dir.join("expected").join(name), str::to_string)?))
+        let remedy = "restore the fixture folder (its expected/ outputs come from tools/fixtures/sd15_tiny/make_fixtures.py)";
+        Ok(Self(WeightFile::open_with_remedy(&dir.join("expected").join(name), str::to_string, remedy)?))
     }
 
     fn host(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {

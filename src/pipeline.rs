@@ -242,7 +242,7 @@ pub fn read_latents(path: &Path, name: Option<&str>) -> Result<(Vec<Vec<f32>>, [
     if !path.is_file() {
         bail!("{}: no such file: --latents takes a safetensors file of latents (e.g. output.safetensors of `ddrep sample --model sd15`)", path.display());
     }
-    let file = WeightFile::open(path, str::to_string)?;
+    let file = WeightFile::open_with_remedy(path, str::to_string, "--latents takes the output.safetensors of `ddrep sample --model sd15` (or of a grid cell); sample again if it was damaged")?;
     let names: Vec<String> = file.names().map(str::to_string).collect();
     let pick = match name {
         Some(n) if names.iter().any(|x| x == n) => n.to_string(),

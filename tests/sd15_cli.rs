@@ -202,6 +202,13 @@ fn broken_folders_fail_with_one_line_and_write_nothing() {
     assert_one_line_error(&ddrep_cmd(&["decode", "--latents", lat, "--out", o]), "needs --weights");
     assert_one_line_error(&ddrep_cmd(&["decode", "--weights", &model(), "--latents", "/nonexistent/l.safetensors", "--out", o]), "no such file");
     assert_one_line_error(&ddrep_cmd(&["decode", "--weights", &model(), "--latents", lat, "--tensor", "nope", "--out", o]), "no tensor 'nope'");
+    // A latents file that is not safetensors says what --latents takes (not "download it").
+    let junk = std::env::temp_dir().join(format!("ddrep_junk_latents_{}.safetensors", std::process::id()));
+    std::fs::write(&junk, b"not a safetensors file").unwrap();
+    let oj = ddrep_cmd(&["decode", "--weights", &model(), "--latents", junk.to_str().unwrap(), "--out", o]);
+    std::fs::remove_file(&junk).ok();
+    assert_one_line_error(&oj, "is truncated or not a safetensors file");
+    assert!(String::from_utf8_lossy(&oj.stderr).contains("output.safetensors of `ddrep sample --model sd15`"), "{}", String::from_utf8_lossy(&oj.stderr));
     assert_one_line_error(&ddrep_cmd(&["decode", "--weights", &model(), "--latents", lat, "--out", o]), "pick one with --tensor");
     assert_one_line_error(&ddrep_cmd(&["decode", "--weights", &model(), "--latents", lat, "--tensor", "encode_image", "--out", o]), "3 channels but the VAE takes 4");
     let novae = broken("novae", |d| std::fs::remove_dir_all(d.join("vae")).unwrap());

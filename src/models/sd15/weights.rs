@@ -36,13 +36,18 @@ pub struct WeightFile {
 impl WeightFile {
     /// Maps `path` and reads its header; `canon` maps file keys to the names the model uses.
     pub fn open(path: &Path, canon: impl Fn(&str) -> String) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| anyhow!("cannot open {} ({e}): restore it from the model download", path.display()))?;
+        Self::open_with_remedy(path, canon, "restore it from the model download")
+    }
+
+    /// As `open`, for files that are not model downloads (latents, features): `remedy` is
+    /// what the error tells the user to do.
+    pub fn open_with_remedy(path: &Path, canon: impl Fn(&str) -> String, remedy: &str) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| anyhow!("cannot open {} ({e}): {remedy}", path.display()))?;
         // SAFETY: read-only mapping; a file changed underneath us is a user error, as in
         // every mmap-based loader (safetensors, candle, burn-store).
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
         let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            anyhow!("{} is truncated or not a safetensors file ({e:?}): download it again", path.display())
+            anyhow!("{} is truncated or not a safetensors file ({e:?}): {remedy}", path.display())
         })?;
         let base = 8 + header_len;
         let mut entries = BTreeMap::new();
