@@ -268,6 +268,18 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     }
 }
 
+/// The files an earlier `ddrep sample` recorded in `record`: only names `sample` itself writes
+/// (never a path, never another file of the folder), so an edited record cannot point elsewhere.
+fn earlier_sample_files(record: &std::path::Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(record) else { return Vec::new() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
+    let ours = |f: &str| {
+        let seed = f.strip_prefix("sample_seed").and_then(|r| r.strip_suffix(".png"));
+        seed.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) || f == "output.safetensors" || f == "params.safetensors"
+    };
+    v["files"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).filter(|f| ours(f)).map(str::to_string).collect()
+}
+
 fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     a: &SampleArgs,
     spec: &MethodSpec,
@@ -329,7 +341,13 @@ fn sample_on<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
         "files": files,
         "diagnostics": res.diagnostics,
     });
+    let earlier = earlier_sample_files(&out.join("record.json"));
     write_json(&out.join("record.json"), &record)?;
+    // Outputs of an earlier sample into this folder that this one did not rewrite (more seeds,
+    // params of another method) would sit beside the new record as if they were its own.
+    for name in earlier.iter().filter(|f| !files.contains(f)) {
+        let _ = std::fs::remove_file(out.join(name));
+    }
     println!("{} {} sample(s) of '{}' with {} (model: {}) -> {} [{} NFEs, {:.1} s]", n, spec.name(), a.prompt, a.diffrep, model.label(), out.display(), res.nfe, res.seconds);
     Ok(())
 }

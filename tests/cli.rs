@@ -43,6 +43,17 @@ fn same_command_and_seed_give_identical_files() {
     assert!(rec["model"].as_str().unwrap().starts_with("embedded analytic prior"));
     assert_eq!(rec["method"]["method"], "ddrep");
     assert_eq!(rec["diagnostics"].as_array().unwrap().len(), 4);
+
+    // Sampling again into the folder (one seed, a method without params) leaves no output of
+    // the earlier run beside the new record; files sample did not write stay.
+    std::fs::write(a.join("notes.txt"), "mine").unwrap();
+    let o = sample("reference", &a, &["--num-samples", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["notes.txt", "output.safetensors", "record.json", "sample_seed5.png"]);
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
 }
 
 #[test]
