@@ -149,6 +149,65 @@ fn cached_grid_costs_nothing_and_a_changed_field_recomputes_its_cells() {
     assert!(st.contains(&format!("{TINY_CELLS} done, 0 pending, 0 failed")) && st.contains("16 other complete cells"), "{st}");
 }
 
+/// A cell damaged after it was committed (a changed image, a lost file, a broken record) still
+/// counts as done for `status` and `run`; `status --verify` finds each against the sha256 in
+/// its cell.json, and `run --verify` sets them aside under damaged/ and recomputes them, equal
+/// to the cells of before.
+#[test]
+fn verify_finds_damaged_cells_and_run_verify_recomputes_them() {
+    let d = tmp("verify");
+    let file = tiny(&d);
+    let f = file.to_str().unwrap();
+    run(&file, &[]);
+    let want = cells(&d);
+    let status = |extra: &[&str]| {
+        let mut a = vec!["status", f];
+        a.extend(extra);
+        ddrep(&a).output().unwrap()
+    };
+    let o = status(&["--verify"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains(&format!("verified {TINY_CELLS} of {TINY_CELLS} done cells against their recorded sha256: 0 damaged")), "{}", stdout(&o));
+
+    let root = d.join("results/tiny/cells");
+    let ids: Vec<&String> = want.keys().take(4).collect();
+    let mut png = std::fs::read(root.join(ids[0]).join("image.png")).unwrap();
+    let last = png.len() - 20;
+    png[last] ^= 0x55;
+    std::fs::write(root.join(ids[0]).join("image.png"), &png).unwrap();
+    std::fs::remove_file(root.join(ids[1]).join("output.safetensors")).unwrap();
+    let rec = std::fs::read(root.join(ids[2]).join("cell.json")).unwrap();
+    std::fs::write(root.join(ids[2]).join("cell.json"), &rec[..rec.len() / 2]).unwrap();
+    // A record from before hashes were recorded: checked for presence only.
+    let old = root.join(ids[3]).join("cell.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&old).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("files_sha256").unwrap();
+    std::fs::write(&old, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+
+    // Without --verify the damage is not looked for.
+    assert!(stdout(&status(&[])).contains(&format!("{TINY_CELLS} done, 0 pending")));
+    let o = status(&["--verify"]);
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(!o.status.success() && err.trim_end().lines().count() == 1 && err.contains("3 damaged cells") && err.contains("--verify"), "{err}");
+    for (id, why) in [(ids[0], "image.png differs from its recorded sha256"), (ids[1], "output.safetensors cannot be read"), (ids[2], "cell.json cannot be read")] {
+        assert!(out.lines().any(|l| l.contains("damaged:") && l.contains(why) && l.contains(id.as_str())), "{id}: {why} not in {out}");
+    }
+    assert!(out.contains(&format!("verified {} of {TINY_CELLS} done cells", TINY_CELLS - 1)) && out.contains("1 cells predate recorded hashes"), "{out}");
+
+    let dry = stdout(&run(&file, &["--verify", "--dry-run"]));
+    assert!(dry.contains(&format!("{} cached, 3 to run", TINY_CELLS - 3)), "{dry}");
+    let o = run(&file, &["--verify"]);
+    assert!(stdout(&o).contains(&format!("{} cached, 3 computed", TINY_CELLS - 3)), "{}", stdout(&o));
+    assert!(cells(&d) == want, "recomputed cells differ from the first run's");
+    // The damaged copies are kept, as they were.
+    let aside = d.join("results/tiny/damaged");
+    assert_eq!(std::fs::read(aside.join(format!("{}.0", ids[0])).join("image.png")).unwrap(), png);
+    assert_eq!(std::fs::read_dir(&aside).unwrap().count(), 3);
+    let o = status(&["--verify"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn concurrent_shards_make_exactly_the_cells_of_one_run() {
     let single = tmp("single");

@@ -27,7 +27,7 @@ use crate::models::sd15::precision::{CastSd15, Precision};
 use crate::models::{AnalyticConfig, AnalyticPrior};
 use captions::Caption;
 use schema::{DeviceKind, ExperimentFile, ModelSpec};
-use store::{cell_id, CellLock, Store};
+use store::{cell_id, CellCheck, CellLock, Store};
 
 /// Version of the cell layout; part of every key.
 pub const STORE_FORMAT: u32 = 1;
@@ -45,12 +45,20 @@ pub struct RunArgs {
     /// Run shard I of N (0-based): cell k of the grid belongs to shard k mod N.
     #[arg(long)]
     pub shard: Option<String>,
+    /// Check the done cells (of this shard) against their recorded sha256 first; a damaged
+    /// one is moved to `damaged/` and computed again.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     pub file: PathBuf,
     pub overrides: Vec<String>,
+    /// Read every done cell's files and check them against the sha256 in its cell.json;
+    /// exit 1 if any is damaged.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]
@@ -428,14 +436,45 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     if other > 0 {
         println!("  ({other} other complete cells in the store belong to other settings)");
     }
+    if a.verify {
+        let (damaged, unrecorded) = verify_cells(&p, p.cells.iter());
+        for (c, why) in &damaged {
+            println!("  damaged: {} cfg {} seed {} caption {}: {why} ({})", c.label, c.cfg, c.seed, c.caption_index, Store::cell_dir(&p.root, &c.id).display());
+        }
+        let checked = done - unrecorded;
+        println!("verified {checked} of {done} done cells against their recorded sha256: {} damaged", damaged.len());
+        if unrecorded > 0 {
+            println!("  ({unrecorded} cells predate recorded hashes: their files were checked for presence only)");
+        }
+        if !damaged.is_empty() {
+            bail!("{} damaged cells in {}: `ddrep run {} --verify` sets them aside under damaged/ and computes them again", damaged.len(), p.root.display(), a.file.display());
+        }
+    }
     Ok(())
+}
+
+/// The complete cells among `cells` that fail `Store::verify`, with why, and how many had no
+/// recorded hashes.
+fn verify_cells<'a>(p: &Plan, cells: impl Iterator<Item = &'a Cell>) -> (Vec<(&'a Cell, String)>, usize) {
+    let (mut damaged, mut unrecorded) = (Vec::new(), 0);
+    for c in cells.filter(|c| Store::is_complete(&p.root, &c.id)) {
+        match Store::verify(&p.root, &c.id) {
+            CellCheck::Intact => {}
+            CellCheck::Unrecorded => unrecorded += 1,
+            CellCheck::Damaged(why) => damaged.push((c, why)),
+        }
+    }
+    (damaged, unrecorded)
 }
 
 pub fn run(a: &RunArgs) -> Result<()> {
     let p = plan(&a.file, &a.overrides)?;
     let shard = a.shard.as_deref().map(parse_shard).transpose()?;
     let mine: Vec<&Cell> = p.cells.iter().filter(|c| shard.is_none_or(|(i, n)| c.index % n == i)).collect();
-    let pending: Vec<&Cell> = mine.iter().copied().filter(|c| !Store::is_complete(&p.root, &c.id)).collect();
+    let damaged = if a.verify { verify_cells(&p, mine.iter().copied()).0 } else { Vec::new() };
+    let mut pending: Vec<&Cell> = mine.iter().copied().filter(|c| !Store::is_complete(&p.root, &c.id)).collect();
+    // Damaged cells run after the missing ones, in grid order.
+    pending.extend(damaged.iter().map(|(c, _)| *c));
     let nfe: usize = pending.iter().map(|c| nfe_estimate(&c.method)).sum();
     let shard_note = shard.map(|(i, n)| format!(" (shard {i}/{n}: {} cells)", mine.len())).unwrap_or_default();
     if a.dry_run {
@@ -451,6 +490,14 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let store = Store::open(&p.root, shard.is_some())?;
     write_resolved(&p)?;
+    for (c, why) in &damaged {
+        // Under the cell's lock, so a shard of another process cannot be reading it (each
+        // shard verifies only its own cells).
+        if let CellLock::Held(_lock) = store.lock_cell(&c.id)? {
+            let dest = store.set_aside(&c.id)?;
+            eprintln!("damaged cell {} ({}): {why}; moved to {} and computed again", c.id, c.label, dest.display());
+        }
+    }
     if pending.is_empty() {
         println!("{}: all {} cells{shard_note} are done (0 NFEs) -> {}", p.file.name, mine.len(), p.root.display());
         return Ok(());
@@ -674,6 +721,8 @@ fn run_cell<B: AutodiffBackend + crate::diffrep::sine::SineBackend>(
     if let Some(mv) = multiview {
         rec["multiview"] = mv;
     }
+    // What `status --verify` checks the committed cell against.
+    rec["files_sha256"] = json!(crate::experiment::store::file_hashes(&tmp, &files)?);
     let mut s = serde_json::to_string_pretty(&rec)?;
     s.push('\n');
     std::fs::write(tmp.join("cell.json"), s)?;

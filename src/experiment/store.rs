@@ -6,6 +6,7 @@
 //! <dir>/<name>/tmp/<sha256>/         a cell being written (renamed into cells/ when complete)
 //! <dir>/<name>/locks/<sha256>.lock   per-cell locks (several shards on one directory)
 //! <dir>/<name>/failed/<sha256>.json  the error of a cell's last failed attempt
+//! <dir>/<name>/damaged/<sha256>.<n>/  a complete cell that failed `--verify`, set aside by `run --verify`
 //! ```
 //!
 //! The id of a cell is the sha256 of its canonical key (sorted-key compact JSON of everything
@@ -13,6 +14,7 @@
 //! a killed run never leaves a partial cell; the next run deletes stale `tmp/` entries it
 //! holds the lock for and recomputes them.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 
@@ -60,6 +62,30 @@ pub fn try_lock_file(path: &Path, shared: bool) -> Result<Option<File>> {
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
+}
+
+/// sha256 of each named file of `dir`: a cell's `files_sha256`, which `--verify` checks.
+pub fn file_hashes(dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>> {
+    files
+        .iter()
+        .map(|f| {
+            let p = dir.join(f);
+            let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            Ok((f.clone(), hex::encode(Sha256::digest(&bytes))))
+        })
+        .collect()
+}
+
+/// What `Store::verify` found in a complete cell.
+#[derive(Debug, PartialEq)]
+pub enum CellCheck {
+    /// Every file its record lists is present with the recorded sha256.
+    Intact,
+    /// Every listed file is present, but the record (from before ddrep recorded hashes) has no
+    /// sha256 to check them against.
+    Unrecorded,
+    /// Why not: an unreadable record, a missing file, a file whose bytes changed.
+    Damaged(String),
 }
 
 /// How a cell lock attempt went.
@@ -131,6 +157,50 @@ impl Store {
         fs::rename(tmp, &dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
         fs::remove_file(Self::failed_path(&self.root, id)).ok();
         Ok(())
+    }
+
+    /// Checks a complete cell against its own record (`cell.json`'s `files` and `files_sha256`).
+    pub fn verify(root: &Path, id: &str) -> CellCheck {
+        let dir = Self::cell_dir(root, id);
+        let rec: serde_json::Value = match fs::read(dir.join("cell.json")).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(v) => v,
+            Err(e) => return CellCheck::Damaged(format!("cell.json cannot be read ({e})")),
+        };
+        if rec["cell_id"].as_str() != Some(id) {
+            return CellCheck::Damaged("cell.json names another cell".into());
+        }
+        let Some(files) = rec["files"].as_array().map(|a| a.iter().filter_map(|f| f.as_str()).collect::<Vec<_>>()).filter(|f| !f.is_empty()) else {
+            return CellCheck::Damaged("cell.json lists no files".into());
+        };
+        let recorded = rec["files_sha256"].as_object();
+        for f in files {
+            let p = dir.join(f);
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) => return CellCheck::Damaged(format!("{f} cannot be read ({e})")),
+            };
+            if let Some(want) = recorded.map(|r| r.get(f).and_then(|h| h.as_str())) {
+                if want != Some(hex::encode(Sha256::digest(&bytes)).as_str()) {
+                    return CellCheck::Damaged(format!("{f} differs from its recorded sha256"));
+                }
+            }
+        }
+        if recorded.is_some() {
+            CellCheck::Intact
+        } else {
+            CellCheck::Unrecorded
+        }
+    }
+
+    /// Moves a complete cell (call with its lock held) to `damaged/<id>.<n>`, kept for
+    /// inspection, so that the cell is pending again. Returns where it went.
+    pub fn set_aside(&self, id: &str) -> Result<PathBuf> {
+        let dir = self.root.join("damaged");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dest = (0..).map(|n| dir.join(format!("{id}.{n}"))).find(|d| !d.exists()).expect("a free name");
+        let src = Self::cell_dir(&self.root, id);
+        fs::rename(&src, &dest).with_context(|| format!("cannot move the damaged cell {} to {}", src.display(), dest.display()))?;
+        Ok(dest)
     }
 
     /// Complete cell ids found on disk (for `status`: cells from other settings show up too).
