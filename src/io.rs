@@ -25,19 +25,36 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("ddrep"))
 }
 
-/// Writes `bytes` to `path` atomically (temporary sibling, then rename).
+/// Writes `bytes` to `path` atomically (temporary sibling, flushed to disk, then rename), so
+/// that neither a kill nor a machine crash (a cluster node lost mid-grid) leaves a truncated
+/// file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let written = fs::write(&tmp, bytes)
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    let written = write()
         .with_context(|| format!("cannot write {}", tmp.display()))
         .and_then(|()| fs::rename(&tmp, path).with_context(|| format!("cannot write {} (moving {} there)", path.display(), tmp.display())));
     if written.is_err() {
         // Leave no half-written temporary behind; the target is untouched either way.
         let _ = fs::remove_file(&tmp);
     }
+    sync_dir(dir);
     written
+}
+
+/// Flushes a directory's entries (a rename into it) to disk. Best effort: some filesystems
+/// refuse to sync a directory, and a failure here loses nothing a kill would not.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Removes the temporaries of [`write_atomic`] in `dir` whose process has died (killed between

@@ -154,7 +154,15 @@ impl Store {
             // Not complete, so not from a rename: nothing else creates it. Clear it.
             fs::remove_dir_all(&dest).with_context(|| format!("cannot remove {}", dest.display()))?;
         }
+        // The files reach the disk before the rename that makes the cell complete: a machine
+        // crash then leaves either no cell or a whole one, never a cell.json of zeros.
+        for e in fs::read_dir(tmp).with_context(|| format!("cannot read {}", tmp.display()))? {
+            let p = e?.path();
+            File::open(&p).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {} to disk", p.display()))?;
+        }
+        crate::io::sync_dir(tmp);
         fs::rename(tmp, &dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
+        crate::io::sync_dir(&self.root.join("cells"));
         fs::remove_file(Self::failed_path(&self.root, id)).ok();
         Ok(())
     }
