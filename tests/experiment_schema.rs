@@ -120,6 +120,20 @@ fn errors_carry_line_and_column() {
     assert!(e.contains("`analytic`") && e.contains("`sd15`"), "{e}");
 }
 
+/// A file error that overrides leave in place is said once, with its line and column; one that
+/// an override removes gives way to what is wrong after the overrides.
+#[test]
+fn file_errors_under_overrides_are_said_once() {
+    let f = fixtures().join("unknown_method_key.yaml");
+    let ov = |o: &[&str]| format!("{:#}", plan(&f, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>()).err().unwrap());
+    let e = ov(&["cfg=[0]"]);
+    assert!(e.contains("unknown_method_key.yaml:8:5:") && e.matches("unknown field").count() == 1 && !e.contains("after overrides"), "{e}");
+    let e = ov(&["methods=[{method: ddrep}]", "seeds=[-1]"]);
+    assert!(!e.contains("unknown field") && e.contains("(after overrides methods=[{method: ddrep}] seeds=[-1]): invalid value: integer `-1`"), "{e}");
+    // An override that supplies what the file lacks leaves nothing to report.
+    assert!(plan(&f, &["methods=[{method: ddrep}]".to_string()]).is_ok());
+}
+
 /// `model.precision` (SD1.5 only): f32 leaves the cell keys as they were; f16/bf16 need
 /// `device: cuda` and enter the keys; anything else is an error naming the value.
 #[test]

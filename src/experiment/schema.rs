@@ -472,8 +472,19 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
         Ok(f) => f,
         Err(e) if overrides.is_empty() => return Err(located(path, text, &e)),
         Err(e) => {
-            // An override may supply what the file lacks; report the file's error if not.
-            return with_overrides(path, text, overrides).map_err(|e2| e2.context(located(path, text, &e).to_string()));
+            // An override may supply what the file lacks. If the file's error survives them,
+            // say it once, with its line and column; else the overrides' own error.
+            return with_overrides(path, text, overrides).map_err(|e2| {
+                let file_msg = match e.location() {
+                    Some(l) => e.to_string().replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1),
+                    None => e.to_string(),
+                };
+                let after = format!("{e2:#}");
+                match after.strip_prefix(&format!("{}{}: ", path.display(), overrides_note(overrides))) {
+                    Some(raw) if file_msg.ends_with(raw) => located(path, text, &e),
+                    _ => e2,
+                }
+            });
         }
     };
     check(path, &direct)?;
@@ -503,13 +514,22 @@ fn check(path: &Path, f: &ExperimentFile) -> Result<()> {
     Ok(())
 }
 
+/// What error messages add after the file name when overrides were applied.
+fn overrides_note(overrides: &[String]) -> String {
+    if overrides.is_empty() {
+        String::new()
+    } else {
+        format!(" (after overrides {})", overrides.join(" "))
+    }
+}
+
 fn with_overrides(path: &Path, text: &str, overrides: &[String]) -> Result<ExperimentFile> {
     let mut doc: Value = serde_norway::from_str(text).map_err(|e| located(path, text, &e))?;
     for o in overrides {
         apply_override(&mut doc, o).with_context(|| format!("override `{o}`"))?;
     }
     merge_sampler(&mut doc);
-    let ctx = if overrides.is_empty() { String::new() } else { format!(" (after overrides {})", overrides.join(" ")) };
+    let ctx = overrides_note(overrides);
     let f: ExperimentFile = serde_norway::from_value(doc).map_err(|e| anyhow::anyhow!("{}{ctx}: {e}", path.display()))?;
     // check()'s errors start with the file name; the overrides go at the end.
     check(path, &f).map_err(|e| anyhow::anyhow!("{e:#}{ctx}"))?;
