@@ -35,9 +35,10 @@ slurm-check *OVERRIDES:
 run FILE *OVERRIDES:
     cargo run --release -- run {{FILE}} {{OVERRIDES}}
 
-# Done / pending / failed cells of an experiment.
-status FILE:
-    cargo run --release -- status {{FILE}}
+# Done / pending / failed cells of an experiment (`just status FILE --verify` also checks the
+# stored files against their recorded sha256).
+status FILE *ARGS:
+    cargo run --release -- status {{FILE}} {{ARGS}}
 
 # Paper names -> experiment files (anything else is a file name under experiments/).
 experiment NAME:

@@ -31,7 +31,7 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run (or resume) the grid of an experiment YAML file into its content-addressed store.
     Run(crate::experiment::RunArgs),
-    /// Done / pending / failed cells of an experiment YAML file.
+    /// Done / pending / failed cells of an experiment YAML file (--verify: check the stored files).
     Status(crate::experiment::StatusArgs),
     /// Write an sbatch job-array script whose tasks are the shards of an experiment.
     Slurm(crate::experiment::SlurmArgs),
