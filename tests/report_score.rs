@@ -44,5 +44,17 @@ fn score_writes_table1_consistent_with_the_cells() {
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("score.json")).unwrap()).unwrap();
     assert_eq!(s["metrics_requested"], serde_json::json!(["psnr", "ssim"]));
     assert_eq!(s["features_computed"], 0);
+
+    // An image changed after its cell was written is refused by name, earlier outputs kept.
+    let img = root.join("cells").join(rows[0][4]).join("image.png");
+    let mut bytes = std::fs::read(&img).unwrap();
+    let i = bytes.len() - 20;
+    bytes[i] ^= 0x55;
+    std::fs::write(&img, &bytes).unwrap();
+    let o = ddrep(&[&["score"][..], &ov[..]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.trim_end().lines().count() == 1, "{err}");
+    assert!(err.contains(&img.display().to_string()) && err.contains("differs from the sha256 its cell.json records") && err.contains("--verify"), "{err}");
+    assert_eq!(std::fs::read_to_string(root.join("metrics.csv")).unwrap(), csv);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,7 +44,7 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
 }
 
 pub fn cell_id(key: &serde_json::Value) -> String {
-    hex::encode(Sha256::digest(canonical_json(key).as_bytes()))
+    sha256_hex(canonical_json(key).as_bytes())
 }
 
 pub struct Store {
@@ -64,6 +64,10 @@ pub fn try_lock_file(path: &Path, shared: bool) -> Result<Option<File>> {
     }
 }
 
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// sha256 of each named file of `dir`: a cell's `files_sha256`, which `--verify` checks.
 pub fn file_hashes(dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>> {
     files
@@ -71,7 +75,7 @@ pub fn file_hashes(dir: &Path, files: &[String]) -> Result<BTreeMap<String, Stri
         .map(|f| {
             let p = dir.join(f);
             let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            Ok((f.clone(), hex::encode(Sha256::digest(&bytes))))
+            Ok((f.clone(), sha256_hex(&bytes)))
         })
         .collect()
 }
@@ -188,7 +192,7 @@ impl Store {
                 Err(e) => return CellCheck::Damaged(format!("{f} cannot be read ({e})")),
             };
             if let Some(want) = recorded.map(|r| r.get(f).and_then(|h| h.as_str())) {
-                if want != Some(hex::encode(Sha256::digest(&bytes)).as_str()) {
+                if want != Some(sha256_hex(&bytes).as_str()) {
                     return CellCheck::Damaged(format!("{f} differs from its recorded sha256"));
                 }
             }
@@ -200,7 +204,14 @@ impl Store {
         }
     }
 
-    /// Moves a complete cell (call with its lock held) to `damaged/<id>.<n>`, kept for
+    /// The sha256 a cell's record holds for `file`; `None` for records from before hashes were
+    /// recorded (or unreadable ones: reading the file itself then tells what is wrong).
+    pub fn recorded_sha256(root: &Path, id: &str, file: &str) -> Option<String> {
+        let rec: serde_json::Value = serde_json::from_slice(&fs::read(Self::cell_dir(root, id).join("cell.json")).ok()?).ok()?;
+        rec["files_sha256"][file].as_str().map(str::to_string)
+    }
+
+        /// Moves a complete cell (call with its lock held) to `damaged/<id>.<n>`, kept for
     /// inspection, so that the cell is pending again. Returns where it went.
     pub fn set_aside(&self, id: &str) -> Result<PathBuf> {
         let dir = self.root.join("damaged");

@@ -120,6 +120,17 @@ pub struct Loaded {
 pub fn load_rgb(path: &Path) -> anyhow::Result<Loaded> {
     use anyhow::Context;
     let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
+    Ok(rgb_to_loaded(img))
+}
+
+/// `load_rgb` on a file's bytes already read; `path` names it in errors.
+pub fn load_rgb_bytes(bytes: &[u8], path: &Path) -> anyhow::Result<Loaded> {
+    use anyhow::Context;
+    let img = image::load_from_memory(bytes).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
+    Ok(rgb_to_loaded(img))
+}
+
+fn rgb_to_loaded(img: image::RgbImage) -> Loaded {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.into_raw();
     let mut bytes = vec![0u8; raw.len()];
@@ -128,5 +139,5 @@ pub fn load_rgb(path: &Path) -> anyhow::Result<Loaded> {
             bytes[c * h * w + i] = px[c];
         }
     }
-    Ok(Loaded { unit: bytes.iter().map(|&b| b as f32 / 255.0).collect(), bytes, shape: [3, h, w] })
+    Loaded { unit: bytes.iter().map(|&b| b as f32 / 255.0).collect(), bytes, shape: [3, h, w] }
 }

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::metric_args::{load_rgb, KidArgs, Loaded, Unavailable, WeightArgs};
+use super::metric_args::{load_rgb_bytes, KidArgs, Loaded, Unavailable, WeightArgs};
 use crate::backend::Cpu;
 use crate::experiment::schema::Metric;
 use crate::experiment::{plan, store::Store, Cell};
@@ -118,8 +118,17 @@ struct Images {
 }
 
 impl Images {
+    /// The cell's image, refused when it no longer matches the sha256 its record holds: a
+    /// metric of a changed image would not trace back to the cell's settings.
     fn get(&self, id: &str) -> Result<Loaded> {
-        load_rgb(&Store::cell_dir(&self.root, id).join("image.png"))
+        let p = Store::cell_dir(&self.root, id).join("image.png");
+        let bytes = std::fs::read(&p).with_context(|| format!("cannot read image {}", p.display()))?;
+        if let Some(want) = Store::recorded_sha256(&self.root, id, "image.png") {
+            if crate::experiment::store::sha256_hex(&bytes) != want {
+                bail!("{} differs from the sha256 its cell.json records (changed after the cell was written): `ddrep run FILE --verify` computes the cell again", p.display());
+            }
+        }
+        load_rgb_bytes(&bytes, &p)
     }
 }
 
