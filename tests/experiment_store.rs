@@ -205,6 +205,7 @@ fn verify_finds_damaged_cells_and_run_verify_recomputes_them() {
     assert_eq!(std::fs::read_dir(&aside).unwrap().count(), 3);
     let o = status(&["--verify"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("(3 damaged cells set aside by `run --verify` are kept in"), "{}", stdout(&o));
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -272,4 +273,9 @@ fn a_failed_cell_is_recorded_the_grid_goes_on_and_the_exit_status_is_nonzero() {
     assert_eq!(std::fs::read_dir(d.join("results/tiny/failed")).unwrap().count(), 8);
     let st = stdout(&ddrep(&["status", file.to_str().unwrap()]).output().unwrap());
     assert!(st.contains("16 done, 0 pending, 8 failed"), "{st}");
+    // status says why: the first five failures' errors, and how many more there are.
+    let why: Vec<&str> = st.lines().filter(|l| l.starts_with("  failed: sjc cfg ")).collect();
+    assert_eq!(why.len(), 5, "{st}");
+    assert!(why.iter().all(|l| l.contains("non-finite values (NaN or inf) in the denoiser output at SJC iteration")), "{st}");
+    assert!(st.contains("... and 3 more failed cells"), "{st}");
 }

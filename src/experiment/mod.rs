@@ -413,12 +413,14 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     let p = plan(&a.file, &a.overrides)?;
     let (mut done, mut failed, mut pending) = (0, 0, 0);
     let mut per: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let mut failures: Vec<&Cell> = Vec::new();
     for c in &p.cells {
         let slot = if Store::is_complete(&p.root, &c.id) {
             done += 1;
             0
         } else if Store::failed_path(&p.root, &c.id).is_file() {
             failed += 1;
+            failures.push(c);
             2
         } else {
             pending += 1;
@@ -436,6 +438,23 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     if other > 0 {
         println!("  ({other} other complete cells in the store belong to other settings)");
     }
+    // Why cells failed (their last attempt), so a grid's problem shows without opening files.
+    for c in failures.iter().take(STATUS_FAILURES) {
+        let p = Store::failed_path(&p.root, &c.id);
+        let why = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("(unreadable record {})", p.display()));
+        println!("  failed: {} cfg {} seed {} caption {}: {why}", c.label, c.cfg, c.seed, c.caption_index);
+    }
+    if failures.len() > STATUS_FAILURES {
+        println!("  ... and {} more failed cells (failed/<cell id>.json)", failures.len() - STATUS_FAILURES);
+    }
+    let aside = std::fs::read_dir(p.root.join("damaged")).map(|d| d.count()).unwrap_or(0);
+    if aside > 0 {
+        println!("  ({aside} damaged cells set aside by `run --verify` are kept in {})", p.root.join("damaged").display());
+    }
     if a.verify {
         let (damaged, unrecorded) = verify_cells(&p, p.cells.iter());
         for (c, why) in &damaged {
@@ -452,6 +471,9 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Failed cells whose error `status` prints.
+const STATUS_FAILURES: usize = 5;
 
 /// The complete cells among `cells` that fail `Store::verify`, with why, and how many had no
 /// recorded hashes.
