@@ -209,6 +209,43 @@ fn verify_finds_damaged_cells_and_run_verify_recomputes_them() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// `status` shows what a live run works on (its heartbeat under running/), a killed run's
+/// heartbeat as stale, and nothing once the next run has cleared it.
+#[test]
+fn status_shows_a_running_grid_and_a_killed_one() {
+    let d = tmp("running");
+    let file = d.join("slow.yaml");
+    // Two cells of ~15 s each (20 000 Adam steps per DDIM step): the run is caught mid-cell.
+    let yaml = TINY.replace("steps: 8, lr", "steps: 20000, lr").replace("seeds: \"0..4\"", "seeds: \"0..2\"");
+    std::fs::write(&file, format!("{yaml}outputs: {{dir: {}}}\n", d.join("results").display())).unwrap();
+    let f = file.to_str().unwrap();
+    let only_ddrep = "methods=[{method: ddrep, solver: {kind: adam, steps: 20000, lr: 0.003}}]";
+    let mut child = ddrep(&["run", f, only_ddrep, "cfg=[3]", "captions.inline=[a red fox]"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let status = || stdout(&ddrep(&["status", f, only_ddrep, "cfg=[3]", "captions.inline=[a red fox]"]).output().unwrap());
+    let host = ddrep::experiment::store::host_name();
+    let want = format!("running: on {host} (pid {}), cell 1 of 2: ddrep cfg 3 seed 0 caption 0, for ", child.id());
+    let t0 = Instant::now();
+    let seen = loop {
+        let st = status();
+        if st.contains(&want) || t0.elapsed() > Duration::from_secs(60) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.contains(&want), "{want} not in {seen}");
+    let st = status();
+    assert!(st.contains(&format!("stale: a run on {host} (pid {}) is gone (killed?)", child.id())) && !st.contains("running:"), "{st}");
+    // The next run into the folder (one cheap cell of the same grid) clears it, and its own.
+    let o = ddrep(&["run", f, "methods=[{method: reference}]", "cfg=[3]", "captions.inline=[a red fox]"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = status();
+    assert!(!st.contains("stale:") && !st.contains("running:"), "{st}");
+    assert_eq!(std::fs::read_dir(d.join("results/tiny/running")).unwrap().count(), 0);
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn concurrent_shards_make_exactly_the_cells_of_one_run() {
     let single = tmp("single");

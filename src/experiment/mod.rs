@@ -27,7 +27,7 @@ use crate::models::sd15::precision::{CastSd15, Precision};
 use crate::models::{AnalyticConfig, AnalyticPrior};
 use captions::Caption;
 use schema::{DeviceKind, ExperimentFile, ModelSpec};
-use store::{cell_id, CellCheck, CellLock, Store};
+use store::{cell_id, CellCheck, CellLock, Heartbeat, Store};
 
 /// Version of the cell layout; part of every key.
 pub const STORE_FORMAT: u32 = 1;
@@ -438,6 +438,9 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     if other > 0 {
         println!("  ({other} other complete cells in the store belong to other settings)");
     }
+    for r in store::running(&p.root) {
+        println!("  {}", running_line(&r));
+    }
     // Why cells failed (their last attempt), so a grid's problem shows without opening files.
     for c in failures.iter().take(STATUS_FAILURES) {
         let p = Store::failed_path(&p.root, &c.id);
@@ -470,6 +473,34 @@ pub fn status(a: &StatusArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One heartbeat as `status` prints it.
+fn running_line(r: &store::Running) -> String {
+    let h = &r.record;
+    let shard = h["shard"].as_str().map(|s| format!("shard {s} ")).unwrap_or_default();
+    let who = format!("{shard}on {} (pid {})", h["host"].as_str().unwrap_or("?"), h["pid"]);
+    if r.stale {
+        return format!("stale: a run {who} is gone (killed?); its cells are pending, and the next run clears this note");
+    }
+    let now = store::unix_now();
+    let ago = |k: &str| {
+        let s = now.saturating_sub(h[k].as_u64().unwrap_or(now));
+        if s >= 3600 { format!("{}h{:02}m", s / 3600, s / 60 % 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+    };
+    let at = match h["cell"].as_object() {
+        Some(c) => format!(
+            "cell {} of {}: {} cfg {} seed {} caption {}",
+            h["done"].as_u64().unwrap_or(0) + 1,
+            h["cells"],
+            c.get("label").and_then(|v| v.as_str()).unwrap_or("?"),
+            c.get("cfg").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+            c.get("seed").and_then(|v| v.as_u64()).unwrap_or(0),
+            c.get("caption_index").and_then(|v| v.as_u64()).unwrap_or(0)
+        ),
+        None => format!("loading the model for {} cells", h["cells"]),
+    };
+    format!("running: {who}, {at}, for {} (at this cell since {})", ago("started"), ago("updated"))
 }
 
 /// Failed cells whose error `status` prints.
@@ -524,12 +555,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
         println!("{}: all {} cells{shard_note} are done (0 NFEs) -> {}", p.file.name, mine.len(), p.root.display());
         return Ok(());
     }
+    let mut hb = Heartbeat::start(&p.root, shard, pending.len())?;
     let outcome = match p.file.device {
-        DeviceKind::Cpu => execute::<crate::backend::CpuAutodiff>(&p, &store, &pending, &Default::default())?,
+        DeviceKind::Cpu => execute::<crate::backend::CpuAutodiff>(&p, &store, &pending, &mut hb, &Default::default())?,
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
             crate::backend::check_device("cuda")?;
-            execute::<crate::backend::CudaAutodiff>(&p, &store, &pending, &Default::default())?
+            execute::<crate::backend::CudaAutodiff>(&p, &store, &pending, &mut hb, &Default::default())?
         }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => bail!("device cuda: this build has no CUDA backend; rebuild with --features cuda or set device=cpu"),
@@ -608,7 +640,7 @@ struct Outcome<'a> {
     failed: Vec<(&'a Cell, String)>,
 }
 
-fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, pending: &[&'a Cell], device: &B::Device) -> Result<Outcome<'a>> {
+fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan, store: &Store, pending: &[&'a Cell], hb: &mut Heartbeat, device: &B::Device) -> Result<Outcome<'a>> {
     let (model, decoder): (Box<dyn Denoiser<B::InnerBackend>>, Option<Decoder>) = match &p.model {
         ResolvedModel::Analytic(c) => (Box::new(AnalyticPrior::new(c.clone())?), None),
         ResolvedModel::Sd15 { dir, precision, .. } => {
@@ -637,8 +669,10 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
     cur.set_style(indicatif::ProgressStyle::with_template("  {spinner} {msg} ({elapsed})").unwrap());
     cur.enable_steady_tick(std::time::Duration::from_millis(200));
     let mut out = Outcome { computed: 0, nfe: 0, busy: 0, failed: Vec::new() };
-    for &c in pending {
+    for (k, &c) in pending.iter().enumerate() {
         cur.set_message(format!("{} cfg {} seed {} caption {}", c.label, c.cfg, c.seed, c.caption_index));
+        // Informational (status shows it): a heartbeat that cannot be written stops nothing.
+        let _ = hb.at(k, json!({"id": c.id, "label": c.label, "cfg": c.cfg, "seed": c.seed, "caption_index": c.caption_index}));
         cur.reset_elapsed();
         let lock = match store.lock_cell(&c.id)? {
             CellLock::Held(f) => f,

@@ -7,6 +7,7 @@
 //! <dir>/<name>/locks/<sha256>.lock   per-cell locks (several shards on one directory)
 //! <dir>/<name>/failed/<sha256>.json  the error of a cell's last failed attempt
 //! <dir>/<name>/damaged/<sha256>.<n>/  a complete cell that failed `--verify`, set aside by `run --verify`
+//! <dir>/<name>/running/<host>-<pid>.json  what a live `run` works on (removed when it ends)
 //! ```
 //!
 //! The id of a cell is the sha256 of its canonical key (sorted-key compact JSON of everything
@@ -116,6 +117,7 @@ impl Store {
         };
         // experiment.json and the like of a run killed mid-write.
         crate::io::sweep_stale_temps(root);
+        sweep_stale_heartbeats(root);
         Ok(Self { root: root.to_path_buf(), _lock: f })
     }
 
@@ -234,5 +236,112 @@ impl Store {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// This machine's name, for heartbeats (shards of one grid may run on several nodes).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `running/<host>-<pid>.json` of a live `run`: its shard, when it started, and the cell it
+/// works on, rewritten (atomically) at each cell; removed when the run ends. `status` shows it.
+pub struct Heartbeat {
+    path: PathBuf,
+    record: serde_json::Value,
+}
+
+impl Heartbeat {
+    pub fn start(root: &Path, shard: Option<(usize, usize)>, cells: usize) -> Result<Self> {
+        let dir = root.join("running");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let host = host_name();
+        let pid = std::process::id();
+        let now = unix_now();
+        let record = serde_json::json!({
+            "host": host, "pid": pid, "shard": shard.map(|(i, n)| format!("{i}/{n}")),
+            "started": now, "updated": now, "cells": cells, "done": 0, "cell": null,
+        });
+        let hb = Self { path: dir.join(format!("{host}-{pid}.json")), record };
+        hb.write()?;
+        Ok(hb)
+    }
+
+    /// The run starts cell number `done + 1` of its `cells`.
+    pub fn at(&mut self, done: usize, cell: serde_json::Value) -> Result<()> {
+        self.record["done"] = done.into();
+        self.record["cell"] = cell;
+        self.record["updated"] = unix_now().into();
+        self.write()
+    }
+
+    fn write(&self) -> Result<()> {
+        crate::io::write_atomic(&self.path, serde_json::to_string(&self.record)?.as_bytes())
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A heartbeat as `status` reads it, and whether its process is known to be gone (same host,
+/// no such process: a killed run).
+pub struct Running {
+    pub record: serde_json::Value,
+    pub stale: bool,
+}
+
+/// The heartbeats under `root/running/`, oldest first.
+pub fn running(root: &Path) -> Vec<Running> {
+    let Ok(rd) = fs::read_dir(root.join("running")) else { return Vec::new() };
+    let host = host_name();
+    let mut v: Vec<Running> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&fs::read(e.path()).ok()?).ok())
+        .map(|record| {
+            let gone = record["host"].as_str() == Some(host.as_str()) && record["pid"].as_u64().is_some_and(|pid| !process_alive(pid));
+            Running { record, stale: gone }
+        })
+        .collect();
+    v.sort_by_key(|r| r.record["started"].as_u64());
+    v
+}
+
+/// Linux: whether process `pid` exists and is not a zombie (killed, not yet reaped by its
+/// parent); elsewhere assumed alive.
+fn process_alive(pid: u64) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')' (comm may hold spaces and parens).
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Removes the heartbeats of this host's dead processes (runs that were killed).
+fn sweep_stale_heartbeats(root: &Path) {
+    crate::io::sweep_stale_temps(&root.join("running"));
+    let Ok(rd) = fs::read_dir(root.join("running")) else { return };
+    let prefix = format!("{}-", host_name());
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".json")).and_then(|p| p.parse::<u64>().ok());
+        if pid.is_some_and(|pid| pid != u64::from(std::process::id()) && !process_alive(pid)) {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
