@@ -344,7 +344,16 @@ fn score_bad_input_is_a_one_line_error() {
     assert!(o.status.success(), "{}", err(&o));
     let before = std::fs::read(root.join("metrics.csv")).unwrap();
     let ddrep_cell = labels.iter().find(|(_, l)| *l == "ddrep").unwrap().0;
-    image::RgbImage::new(16, 16).save(root.join("cells").join(ddrep_cell).join("image.png")).unwrap();
+    let cell = root.join("cells").join(ddrep_cell);
+    image::RgbImage::new(16, 16).save(cell.join("image.png")).unwrap();
+    // The cell's record holds the image's sha256: the changed image is refused by path.
+    let o = score(&ov, &[], &all_weights());
+    one_line(&o, "image.png differs from the sha256 its cell.json records");
+    assert_eq!(std::fs::read(root.join("metrics.csv")).unwrap(), before);
+    // A cell from before hashes were recorded reaches the size check.
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(cell.join("cell.json")).unwrap()).unwrap();
+    rec.as_object_mut().unwrap().remove("files_sha256").unwrap();
+    std::fs::write(cell.join("cell.json"), serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
     let o = score(&ov, &[], &all_weights());
     one_line(&o, "paired images must have the same size");
     assert_eq!(std::fs::read(root.join("metrics.csv")).unwrap(), before);
