@@ -61,18 +61,28 @@ pub fn sync_dir(dir: &Path) {
 /// writing and renaming). Linux only, where a live process id shows in `/proc`; elsewhere
 /// nothing is removed.
 pub fn sweep_stale_temps(dir: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, pid)| pid.parse::<u32>().ok());
         if let Some(pid) = pid {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() && e.file_type().is_ok_and(|t| t.is_file()) {
+            if pid != std::process::id() && !process_alive(u64::from(pid)) && e.file_type().is_ok_and(|t| t.is_file()) {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// Linux: whether process `pid` exists and is not a zombie (killed, not yet reaped by its
+/// parent: it writes nothing more); elsewhere, without `/proc`, assumed alive.
+pub fn process_alive(pid: u64) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')' (comm may hold spaces and parens).
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"),
+        Err(_) => false,
     }
 }
 

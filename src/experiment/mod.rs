@@ -158,6 +158,13 @@ pub struct Cell {
     pub key: serde_json::Value,
 }
 
+impl Cell {
+    /// `label cfg C seed S caption I`: how progress and status lines name a cell.
+    fn summary(&self) -> String {
+        format!("{} cfg {} seed {} caption {}", self.label, self.cfg, self.seed, self.caption_index)
+    }
+}
+
 pub struct Plan {
     pub file: ExperimentFile,
     pub root: PathBuf,
@@ -449,7 +456,7 @@ pub fn status(a: &StatusArgs) -> Result<()> {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("(unreadable record {})", p.display()));
-        println!("  failed: {} cfg {} seed {} caption {}: {why}", c.label, c.cfg, c.seed, c.caption_index);
+        println!("  failed: {}: {why}", c.summary());
     }
     if failures.len() > STATUS_FAILURES {
         println!("  ... and {} more failed cells (failed/<cell id>.json)", failures.len() - STATUS_FAILURES);
@@ -461,7 +468,7 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     if a.verify {
         let (damaged, unrecorded) = verify_cells(&p, p.cells.iter());
         for (c, why) in &damaged {
-            println!("  damaged: {} cfg {} seed {} caption {}: {why} ({})", c.label, c.cfg, c.seed, c.caption_index, Store::cell_dir(&p.root, &c.id).display());
+            println!("  damaged: {}: {why} ({})", c.summary(), Store::cell_dir(&p.root, &c.id).display());
         }
         let checked = done - unrecorded;
         println!("verified {checked} of {done} done cells against their recorded sha256: {} damaged", damaged.len());
@@ -670,7 +677,7 @@ fn execute<'a, B: AutodiffBackend + crate::diffrep::sine::SineBackend>(p: &Plan,
     cur.enable_steady_tick(std::time::Duration::from_millis(200));
     let mut out = Outcome { computed: 0, nfe: 0, busy: 0, failed: Vec::new() };
     for (k, &c) in pending.iter().enumerate() {
-        cur.set_message(format!("{} cfg {} seed {} caption {}", c.label, c.cfg, c.seed, c.caption_index));
+        cur.set_message(c.summary());
         // Informational (status shows it): a heartbeat that cannot be written stops nothing.
         let _ = hb.at(k, json!({"id": c.id, "label": c.label, "cfg": c.cfg, "seed": c.seed, "caption_index": c.caption_index}));
         cur.reset_elapsed();

@@ -398,13 +398,19 @@ impl CaptionsSpec {
     }
 }
 
+/// The parser's message without the " at line L column C" it appends (`located` says where).
+fn bare_message(e: &serde_norway::Error) -> String {
+    match e.location() {
+        Some(l) => e.to_string().replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1),
+        None => e.to_string(),
+    }
+}
+
 /// A parse or validation error with its place in the file.
 fn located(path: &Path, text: &str, e: &serde_norway::Error) -> anyhow::Error {
-    let msg = e.to_string();
     match e.location() {
         Some(l) => {
-            let suffix = format!(" at line {} column {}", l.line(), l.column());
-            let mut m = msg.replacen(&suffix, "", 1);
+            let mut m = bare_message(e);
             let (mut line_no, mut col) = (l.line(), l.column());
             // Checks run on a whole list report the enclosing mapping's start; point at the key.
             if let Some(key) = leading_key(&m) {
@@ -425,7 +431,7 @@ fn located(path: &Path, text: &str, e: &serde_norway::Error) -> anyhow::Error {
             }
             anyhow::anyhow!("{}:{}:{}: {}", path.display(), line_no, col, m)
         }
-        None => anyhow::anyhow!("{}: {}", path.display(), msg),
+        None => anyhow::anyhow!("{}: {}", path.display(), e),
     }
 }
 
@@ -475,13 +481,9 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
             // An override may supply what the file lacks. If the file's error survives them,
             // say it once, with its line and column; else the overrides' own error.
             return with_overrides(path, text, overrides).map_err(|e2| {
-                let file_msg = match e.location() {
-                    Some(l) => e.to_string().replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1),
-                    None => e.to_string(),
-                };
                 let after = format!("{e2:#}");
                 match after.strip_prefix(&format!("{}{}: ", path.display(), overrides_note(overrides))) {
-                    Some(raw) if file_msg.ends_with(raw) => located(path, text, &e),
+                    Some(raw) if bare_message(&e).ends_with(raw) => located(path, text, &e),
                     _ => e2,
                 }
             });

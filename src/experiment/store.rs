@@ -213,7 +213,7 @@ impl Store {
         rec["files_sha256"][file].as_str().map(str::to_string)
     }
 
-        /// Moves a complete cell (call with its lock held) to `damaged/<id>.<n>`, kept for
+    /// Moves a complete cell (call with its lock held) to `damaged/<id>.<n>`, kept for
     /// inspection, so that the cell is pending again. Returns where it went.
     pub fn set_aside(&self, id: &str) -> Result<PathBuf> {
         let dir = self.root.join("damaged");
@@ -311,25 +311,12 @@ pub fn running(root: &Path) -> Vec<Running> {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&fs::read(e.path()).ok()?).ok())
         .map(|record| {
-            let gone = record["host"].as_str() == Some(host.as_str()) && record["pid"].as_u64().is_some_and(|pid| !process_alive(pid));
+            let gone = record["host"].as_str() == Some(host.as_str()) && record["pid"].as_u64().is_some_and(|pid| !crate::io::process_alive(pid));
             Running { record, stale: gone }
         })
         .collect();
     v.sort_by_key(|r| r.record["started"].as_u64());
     v
-}
-
-/// Linux: whether process `pid` exists and is not a zombie (killed, not yet reaped by its
-/// parent); elsewhere assumed alive.
-fn process_alive(pid: u64) -> bool {
-    if !Path::new("/proc/self").exists() {
-        return true;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S ...`: the state follows the last ')' (comm may hold spaces and parens).
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
 }
 
 /// Removes the heartbeats of this host's dead processes (runs that were killed).
@@ -340,7 +327,7 @@ fn sweep_stale_heartbeats(root: &Path) {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".json")).and_then(|p| p.parse::<u64>().ok());
-        if pid.is_some_and(|pid| pid != u64::from(std::process::id()) && !process_alive(pid)) {
+        if pid.is_some_and(|pid| pid != u64::from(std::process::id()) && !crate::io::process_alive(pid)) {
             let _ = fs::remove_file(e.path());
         }
     }

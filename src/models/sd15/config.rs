@@ -158,6 +158,12 @@ impl Default for UnetConfig {
 }
 
 impl UnetConfig {
+    /// Latent sides must be multiples of this: the UNet halves them once per down block but
+    /// the last (8 for SD1.5).
+    pub fn latent_multiple(&self) -> usize {
+        1usize.checked_shl(self.block_out_channels.len().saturating_sub(1) as u32).filter(|&m| m > 0).unwrap_or(usize::MAX)
+    }
+
     /// Fails on options this implementation does not support, naming the key.
     pub fn check_supported(&self) -> Result<()> {
         let unsupported =

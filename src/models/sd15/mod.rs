@@ -126,16 +126,20 @@ pub struct SamplingShape {
 /// Reads `scheduler/scheduler_config.json` and `unet/config.json` of `dir`.
 pub fn sampling_shape(dir: &Path) -> Result<SamplingShape> {
     let scheduler: SchedulerConfig = config::read_config(&dir.join("scheduler/scheduler_config.json"))?;
-    let schedule = schedule_from(&scheduler)?;
     let unet: UnetConfig = config::read_config(&dir.join("unet/config.json"))?;
+    sampling_shape_of(&scheduler, &unet)
+}
+
+/// `sampling_shape` from configs already read.
+fn sampling_shape_of(scheduler: &SchedulerConfig, unet: &UnetConfig) -> Result<SamplingShape> {
+    let schedule = schedule_from(scheduler)?;
     unet.check_supported()?;
     let s = match &unet.sample_size {
         Some(config::PerBlock::One(s)) => [*s, *s],
         Some(config::PerBlock::Each(v)) if v.len() == 2 => [v[0], v[1]],
         _ => [64, 64],
     };
-    let latent_multiple = 1usize.checked_shl(unet.block_out_channels.len().saturating_sub(1) as u32).filter(|&m| m > 0).unwrap_or(usize::MAX);
-    Ok(SamplingShape { schedule, sample_shape: [unet.in_channels, s[0], s[1]], latent_multiple })
+    Ok(SamplingShape { schedule, sample_shape: [unet.in_channels, s[0], s[1]], latent_multiple: unet.latent_multiple() })
 }
 
 impl<B: Backend> Sd15<B> {
@@ -176,9 +180,10 @@ impl<B: Backend> Sd15<B> {
             }
         }
 
-        let SamplingShape { schedule, sample_shape, .. } = sampling_shape(&dir)?;
         let scheduler: SchedulerConfig =
             config::read_config(&dir.join("scheduler/scheduler_config.json"))?;
+        let unet_cfg: UnetConfig = config::read_config(&dir.join("unet/config.json"))?;
+        let SamplingShape { schedule, sample_shape, .. } = sampling_shape_of(&scheduler, &unet_cfg)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
 
         let te_cfg: ClipTextConfig = config::read_config(&dir.join("text_encoder/config.json"))?;
@@ -187,7 +192,6 @@ impl<B: Backend> Sd15<B> {
             "model.safetensors",
             text_encoder_key,
         )?;
-        let unet_cfg: UnetConfig = config::read_config(&dir.join("unet/config.json"))?;
         let unet_file = open_weights(
             &dir.join("unet"),
             "diffusion_pytorch_model.safetensors",
@@ -248,7 +252,7 @@ impl<B: Backend> Sd15<B> {
     /// Latent sides must be multiples of this: the UNet halves them once per down block but
     /// the last (8 for SD1.5).
     pub fn latent_multiple(&self) -> usize {
-        1 << self.unet.config.block_out_channels.len().saturating_sub(1)
+        self.unet.config.latent_multiple()
     }
 
     /// Latent size the sampler uses (default: the UNet's `sample_size`, 64x64 for SD1.5).
