@@ -32,6 +32,12 @@ pub const MAX_SIREN_WIDTH: usize = 8192;
 /// Hidden layers of a SIREN.
 pub const MAX_SIREN_DEPTH: usize = 256;
 
+/// Layers of an SD1.5 model part: per block in the UNet and the VAE (`layers_per_block`,
+/// `transformer_layers_per_block`; SD1.5: 2 and 1), in all in the text encoder
+/// (`num_hidden_layers`; 12). A config is read before its weights, and each layer asks the
+/// weight file for its tensors.
+pub const MAX_MODEL_LAYERS: usize = 1024;
+
 /// Refuses `value` above `max`, naming the setting.
 pub fn at_most(what: &str, value: usize, max: usize) -> Result<()> {
     if value > max {

@@ -310,3 +310,35 @@ fn values_that_break_sampling_are_refused_at_load() {
         assert!(msg.contains(UNET) && msg.contains("unet.conv_in.bias: element 0 is") && msg.contains("NaN or inf"), "{tag}: {msg}");
     }
 }
+
+/// Config values found by mutating the tiny folder's configs one key at a time (0, -1, 10^6,
+/// 10^12, lists of the wrong length, ...) that used to panic in a conv, abort on a capacity
+/// overflow or exhaust memory building 10^12 layers: refused at load, one line naming the
+/// file and key.
+#[test]
+fn config_values_that_used_to_panic_or_exhaust_memory() {
+    let edit = |dir: &Path, file: &str, key: &str, value: serde_json::Value| {
+        let p = dir.join(file);
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+    };
+    let (unet, vae, te) = ("unet/config.json", "vae/config.json", "text_encoder/config.json");
+    let cases = [
+        (unet, "downsample_padding", serde_json::json!(0), "unet/config.json: downsample_padding = 0 (SD1.5: 1) is not supported"),
+        (unet, "downsample_padding", serde_json::json!(1_000_000_000u64), "downsample_padding = 1000000000 (SD1.5: 1) is not supported"),
+        (unet, "layers_per_block", serde_json::json!(1_000_000_000_000u64), "unet/config.json: layers_per_block (block 0) is 1000000000000; at most 1024"),
+        (unet, "transformer_layers_per_block", serde_json::json!([1, 1, 5000, 1]), "unet/config.json: transformer_layers_per_block (block 2) is 5000; at most 1024"),
+        (unet, "layers_per_block", serde_json::json!([2, 2, 2]), "unet/config.json: layers_per_block lists 3 values for 4 blocks"),
+        (unet, "cross_attention_dim", serde_json::json!([32, 32]), "unet/config.json: cross_attention_dim lists 2 values for 4 blocks"),
+        (unet, "attention_head_dim", serde_json::json!([2]), "unet/config.json: attention_head_dim lists 1 value for 4 blocks"),
+        (vae, "layers_per_block", serde_json::json!(1_000_000_000_000u64), "vae/config.json: layers_per_block is 1000000000000; at most 1024"),
+        (te, "num_hidden_layers", serde_json::json!(1_000_000_000_000u64), "text_encoder/config.json: num_hidden_layers is 1000000000000; at most 1024"),
+    ];
+    for (file, key, value, needle) in cases {
+        let dir = copy_model("mutated");
+        edit(&dir, file, key, value.clone());
+        let msg = load_err(&dir);
+        assert!(msg.contains(needle), "{file} {key} = {value}: {msg}");
+    }
+}

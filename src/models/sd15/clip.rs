@@ -44,16 +44,7 @@ pub struct ClipOutput<B: Backend> {
 impl<B: Backend> ClipTextModel<B> {
     pub fn load(ld: &mut Loader<B>, config: &ClipTextConfig) -> Result<Self> {
         let c = config;
-        if c.hidden_act != "quick_gelu" && c.hidden_act != "gelu" {
-            bail!("text_encoder/config.json: hidden_act = {} is not supported (quick_gelu or gelu)", c.hidden_act);
-        }
-        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
-            bail!(
-                "text_encoder/config.json: hidden_size {} is not divisible by num_attention_heads {}",
-                c.hidden_size,
-                c.num_attention_heads
-            );
-        }
+        c.check_supported()?;
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let e = "text_model.embeddings";
         let token_embedding = ld.tensor(&format!("{e}.token_embedding.weight"), [c.vocab_size, h]);

@@ -28,13 +28,22 @@ pub enum PerBlock<T> {
 }
 
 impl<T: Clone> PerBlock<T> {
-    /// The value for block `i` of `n`.
-    pub fn get(&self, i: usize, n: usize) -> Result<T> {
+    /// The value for block `i` of `n`; `key` names the UNet config entry in the error.
+    pub fn get(&self, key: &str, i: usize, n: usize) -> Result<T> {
         match self {
             PerBlock::One(v) => Ok(v.clone()),
             PerBlock::Each(v) if v.len() == n => Ok(v[i].clone()),
-            PerBlock::Each(v) => bail!("a per-block config list has {} entries for {n} blocks", v.len()),
+            PerBlock::Each(v) => bail!(
+                "unet/config.json: {key} lists {} value{} for {n} blocks (one per block_out_channels entry, or one number for all)",
+                v.len(),
+                if v.len() == 1 { "" } else { "s" }
+            ),
         }
+    }
+
+    /// Every block's value (checks the list's length).
+    fn all(&self, key: &str, n: usize) -> Result<Vec<T>> {
+        (0..n).map(|i| self.get(key, i, n)).collect()
     }
 }
 
@@ -65,6 +74,23 @@ impl Default for ClipTextConfig {
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
         }
+    }
+}
+
+impl ClipTextConfig {
+    /// Fails on options this implementation does not support, naming the key.
+    pub fn check_supported(&self) -> Result<()> {
+        if self.hidden_act != "quick_gelu" && self.hidden_act != "gelu" {
+            bail!("text_encoder/config.json: hidden_act = {} is not supported (quick_gelu or gelu)", self.hidden_act);
+        }
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "text_encoder/config.json: hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        crate::limits::at_most("text_encoder/config.json: num_hidden_layers", self.num_hidden_layers, crate::limits::MAX_MODEL_LAYERS)
     }
 }
 
@@ -188,7 +214,7 @@ impl UnetConfig {
             return Err(unsupported("mid_block_type", format!("{:?}", self.mid_block_type)));
         }
         for i in 0..n {
-            if self.only_cross_attention.get(i, n)? {
+            if self.only_cross_attention.get("only_cross_attention", i, n)? {
                 return Err(unsupported("only_cross_attention", "true".into()));
             }
         }
@@ -218,6 +244,18 @@ impl UnetConfig {
         if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err(unsupported("conv_in_kernel/conv_out_kernel", "an even size".into()));
         }
+        // diffusers pads the downsampling convs' right and bottom by one for 0 and by `p` on
+        // every side otherwise; only SD1.5's 1 halves every side exactly as this UNet does.
+        if self.downsample_padding != 1 {
+            return Err(unsupported("downsample_padding", format!("{} (SD1.5: 1)", self.downsample_padding)));
+        }
+        for key in ["layers_per_block", "transformer_layers_per_block"] {
+            let per_block = if key == "layers_per_block" { &self.layers_per_block } else { &self.transformer_layers_per_block };
+            for (i, layers) in per_block.all(key, n)?.into_iter().enumerate() {
+                crate::limits::at_most(&format!("unet/config.json: {key} (block {i})"), layers, crate::limits::MAX_MODEL_LAYERS)?;
+            }
+        }
+        self.cross_attention_dim.all("cross_attention_dim", n)?;
         // Shapes the layers need (else a norm or head split would fail inside the forward).
         if n == 0 {
             bail!("unet/config.json: block_out_channels is empty");
@@ -237,7 +275,10 @@ impl UnetConfig {
     /// Attention heads of each down block (diffusers: `num_attention_heads or attention_head_dim`).
     pub fn heads(&self, i: usize) -> Result<usize> {
         let n = self.block_out_channels.len();
-        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(i, n)
+        match &self.num_attention_heads {
+            Some(h) => h.get("num_attention_heads", i, n),
+            None => self.attention_head_dim.get("attention_head_dim", i, n),
+        }
     }
 }
 
@@ -295,6 +336,7 @@ impl VaeConfig {
         if self.act_fn != "silu" {
             bail!("vae/config.json: act_fn = {} is not supported (silu only)", self.act_fn);
         }
+        crate::limits::at_most("vae/config.json: layers_per_block", self.layers_per_block, crate::limits::MAX_MODEL_LAYERS)?;
         if n == 0 {
             bail!("vae/config.json: block_out_channels is empty");
         }

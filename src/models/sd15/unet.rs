@@ -201,9 +201,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let mut lpb = Vec::new();
         for i in 0..nb {
             heads.push(cfg.heads(i)?);
-            ctx.push(cfg.cross_attention_dim.get(i, nb)?);
-            tl.push(cfg.transformer_layers_per_block.get(i, nb)?);
-            lpb.push(cfg.layers_per_block.get(i, nb)?);
+            ctx.push(cfg.cross_attention_dim.get("cross_attention_dim", i, nb)?);
+            tl.push(cfg.transformer_layers_per_block.get("transformer_layers_per_block", i, nb)?);
+            lpb.push(cfg.layers_per_block.get("layers_per_block", i, nb)?);
             if !ch[i].is_multiple_of(heads[i]) || !ch[i].is_multiple_of(cfg.norm_num_groups) {
                 bail!("unet/config.json: block_out_channels[{i}] = {} is not divisible by its heads {} and norm_num_groups {}", ch[i], heads[i], cfg.norm_num_groups);
             }
