@@ -188,3 +188,22 @@ fn compare_reads_jpeg_and_handles_identical_images() {
     assert!(o.status.success() && out.contains("| psnr | n/a (1 inf or nan left out) | 1 |"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A `compare` that fails part way (here at the second pair, of another size) says so on
+/// stderr in one line and prints no half table on stdout for a script to read as results.
+#[test]
+fn compare_error_prints_no_half_table() {
+    let d = tmp("compare-sizes");
+    let (a, b) = (d.join("a"), d.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let img = |w: u32| image::RgbImage::from_fn(w, 32, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 40]));
+    img(32).save(a.join("0.png")).unwrap();
+    img(32).save(b.join("0.png")).unwrap();
+    img(32).save(a.join("1.png")).unwrap();
+    img(40).save(b.join("1.png")).unwrap();
+    let o = ddrep(&["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_one_line_error(&o, "paired images must have the same size");
+    assert!(o.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&o.stdout));
+    let _ = std::fs::remove_dir_all(&d);
+}

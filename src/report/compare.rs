@@ -65,7 +65,8 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
         la.iter().filter_map(|(n, p)| lb.get(n).map(|q| (p.clone(), q.clone()))).collect()
     };
     let device = Default::default();
-    println!("| metric | mean ± std | n |\n|---|---|---|");
+    // Printed once everything is computed: an error leaves no half table on stdout.
+    let mut table = vec!["| metric | mean ± std | n |\n|---|---|---|".to_string()];
     let per_image = ["psnr", "ssim", "lpips"].iter().any(|m| want(m));
     if per_image && pairs.is_empty() {
         bail!("no image names in common between {} and {}: per-image metrics pair files by name", a.a.display(), a.b.display());
@@ -75,7 +76,7 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
             Ok(l) => Some(l),
             Err(u) if u.configured => bail!("{u}"),
             Err(u) => {
-                println!("| lpips | unavailable: {}; supply {} | - |", u.reason, u.supply);
+                table.push(format!("| lpips | unavailable: {}; supply {} | - |", u.reason, u.supply));
                 None
             }
         }
@@ -103,18 +104,18 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
         }
         for (name, v) in [("psnr", &ps), ("ssim", &ss), ("lpips", &ls)] {
             if !v.is_empty() {
-                println!("| {name} | {} | {} |", super::score::mean_pm(v, 4), v.len());
+                table.push(format!("| {name} | {} | {} |", super::score::mean_pm(v, 4), v.len()));
             }
         }
         let unpaired = la.len().max(lb.len()) - pairs.len();
         if unpaired > 0 {
-            println!("\n{unpaired} image(s) had no partner of the same name and were left out of the per-image metrics");
+            table.push(format!("\n{unpaired} image(s) had no partner of the same name and were left out of the per-image metrics"));
         }
     }
     if want("kid") {
         match a.weights.inception::<Cpu>(&device) {
             Err(u) if u.configured => bail!("{u}"),
-            Err(u) => println!("| kid | unavailable: {}; supply {} | - |", u.reason, u.supply),
+            Err(u) => table.push(format!("| kid | unavailable: {}; supply {} | - |", u.reason, u.supply)),
             Ok((net, _)) => {
                 let feats = |set: &BTreeMap<String, PathBuf>| -> Result<metrics::FeatureMatrix> {
                     let imgs: Vec<Loaded> = set.values().map(|p| load(p)).collect::<Result<_>>()?;
@@ -128,9 +129,10 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
                 let (fa, fb) = (feats(&la)?, feats(&lb)?);
                 let (cfg, _) = a.kid.config(fb.rows(), fa.rows());
                 let r = metrics::kid(&fb, &fa, &cfg)?;
-                println!("| kid | {:.6} ± {:.6} | {} vs {} (subsets {} of {}) |", r.mean, r.std, la.len(), lb.len(), cfg.subsets, cfg.subset_size);
+                table.push(format!("| kid | {:.6} ± {:.6} | {} vs {} (subsets {} of {}) |", r.mean, r.std, la.len(), lb.len(), cfg.subsets, cfg.subset_size));
             }
         }
     }
+    println!("{}", table.join("\n"));
     Ok(())
 }
