@@ -32,6 +32,9 @@ pub const MAX_SIREN_WIDTH: usize = 8192;
 /// Hidden layers of a SIREN.
 pub const MAX_SIREN_DEPTH: usize = 256;
 
+/// Optimiser steps: Adam steps per DDIM step (DDRep's solver; paper: 200), SJC and SDS
+/// iterations (SJC's NeRF: 10,000). A typo of 10^12 would otherwise run for ever.
+pub const MAX_ITERATIONS: usize = 10_000_000;
 /// Layers of an SD1.5 model part: per block in the UNet and the VAE (`layers_per_block`,
 /// `transformer_layers_per_block`; SD1.5: 2 and 1), in all in the text encoder
 /// (`num_hidden_layers`; 12). A config is read before its weights, and each layer asks the

@@ -342,11 +342,13 @@ pub fn validate_method(spec: &MethodSpec) -> Result<()> {
             if c.iters == 0 || !(c.lr.is_finite() && c.lr > 0.0) {
                 bail!("iters must be at least 1 and lr positive (got iters {}, lr {})", c.iters, c.lr);
             }
+            crate::limits::at_most("iters", c.iters, crate::limits::MAX_ITERATIONS)?;
         }
         MethodSpec::Sds(c) => {
             if c.iters == 0 || !(c.lr.is_finite() && c.lr > 0.0) {
                 bail!("iters must be at least 1 and lr positive (got iters {}, lr {})", c.iters, c.lr);
             }
+            crate::limits::at_most("iters", c.iters, crate::limits::MAX_ITERATIONS)?;
             // NaN fails every comparison, so it is refused too.
             if !(0.0 <= c.t_min && c.t_min <= c.t_max && c.t_max <= 1.0) {
                 bail!("sds needs 0 <= t_min <= t_max <= 1, got {} and {}", c.t_min, c.t_max);

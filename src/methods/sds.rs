@@ -82,6 +82,7 @@ where
     if cfg.iters == 0 {
         bail!("sds.iters must be at least 1");
     }
+    crate::limits::at_most("sds.iters", cfg.iters, crate::limits::MAX_ITERATIONS)?;
     if !(0.0 <= cfg.t_min && cfg.t_min <= cfg.t_max && cfg.t_max <= 1.0) {
         bail!("sds needs 0 <= t_min <= t_max <= 1, got {} and {}", cfg.t_min, cfg.t_max);
     }

@@ -126,7 +126,8 @@ impl SjcConfig {
         if self.iters == 0 {
             bail!("sjc.iters must be at least 1");
         }
-        if self.skip_high + self.skip_low >= t_train {
+        crate::limits::at_most("sjc.iters", self.iters, crate::limits::MAX_ITERATIONS)?;
+        if self.skip_high.saturating_add(self.skip_low) >= t_train {
             bail!("sjc skips {} + {} of {t_train} sigmas: none left", self.skip_high, self.skip_low);
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {

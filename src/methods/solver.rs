@@ -69,6 +69,7 @@ impl SolverConfig {
                 if *steps == 0 {
                     bail!("solver.steps must be at least 1");
                 }
+                crate::limits::at_most("solver.steps", *steps, crate::limits::MAX_ITERATIONS)?;
                 if !(lr.is_finite() && *lr > 0.0) {
                     bail!("solver.lr must be positive, got {lr}");
                 }
