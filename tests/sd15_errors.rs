@@ -230,28 +230,30 @@ fn weight_hashes_are_sha256_of_the_files() {
     assert!(hashes.contains(&("vae".to_string(), direct)));
 }
 
+/// Sets `key` of the JSON file `file` (relative to `dir`) to `value`.
+fn set_json_key(dir: &Path, file: &str, key: &str, value: serde_json::Value) {
+    let p = dir.join(file);
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    c[key] = value;
+    std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+}
+
 /// A config whose channels the norms or the attention heads cannot split: a one-line error
 /// naming the file and key at load time, not a failure inside the forward pass.
 #[test]
 fn config_with_indivisible_channels() {
-    let edit = |dir: &Path, part: &str, key: &str, value: serde_json::Value| {
-        let p = dir.join(part).join("config.json");
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        c[key] = value;
-        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
-    };
     let dir = copy_model("groups");
-    edit(&dir, "unet", "norm_num_groups", serde_json::json!(7));
+    set_json_key(&dir, "unet/config.json", "norm_num_groups", serde_json::json!(7));
     let msg = load_err(&dir);
     assert!(msg.contains("unet/config.json") && msg.contains("not a multiple of norm_num_groups = 7"), "{msg}");
 
     let dir = copy_model("heads");
-    edit(&dir, "unet", "attention_head_dim", serde_json::json!(7));
+    set_json_key(&dir, "unet/config.json", "attention_head_dim", serde_json::json!(7));
     let msg = load_err(&dir);
     assert!(msg.contains("unet/config.json") && msg.contains("7 attention heads"), "{msg}");
 
     let dir = copy_model("vaegroups");
-    edit(&dir, "vae", "norm_num_groups", serde_json::json!(0));
+    set_json_key(&dir, "vae/config.json", "norm_num_groups", serde_json::json!(0));
     let msg = load_err(&dir);
     assert!(msg.contains("vae/config.json") && msg.contains("norm_num_groups = 0"), "{msg}");
 }
@@ -260,12 +262,6 @@ fn config_with_indivisible_channels() {
 /// merges): refused at load, naming the file, key or tensor.
 #[test]
 fn values_that_break_sampling_are_refused_at_load() {
-    let edit = |dir: &Path, file: &str, key: &str, value: serde_json::Value| {
-        let p = dir.join(file);
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        c[key] = value;
-        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
-    };
     let sched = "scheduler/scheduler_config.json";
     for (key, value, needle) in [
         ("num_train_timesteps", serde_json::json!(1_000_000_000_000u64), "num_train_timesteps must be in [2, 100000]"),
@@ -274,12 +270,12 @@ fn values_that_break_sampling_are_refused_at_load() {
         ("beta_start", serde_json::json!(0.5), "0 < beta_start <= beta_end < 1"),
     ] {
         let dir = copy_model("sched");
-        edit(&dir, sched, key, value);
+        set_json_key(&dir, sched, key, value);
         let msg = load_err(&dir);
         assert!(msg.contains(sched) && msg.contains(needle), "{key}: {msg}");
     }
     let dir = copy_model("scaling");
-    edit(&dir, "vae/config.json", "scaling_factor", serde_json::json!(0.0));
+    set_json_key(&dir, "vae/config.json", "scaling_factor", serde_json::json!(0.0));
     let msg = load_err(&dir);
     assert!(msg.contains("vae/config.json: scaling_factor must be a positive number"), "{msg}");
 
@@ -317,12 +313,6 @@ fn values_that_break_sampling_are_refused_at_load() {
 /// file and key.
 #[test]
 fn config_values_that_used_to_panic_or_exhaust_memory() {
-    let edit = |dir: &Path, file: &str, key: &str, value: serde_json::Value| {
-        let p = dir.join(file);
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        c[key] = value;
-        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
-    };
     let (unet, vae, te) = ("unet/config.json", "vae/config.json", "text_encoder/config.json");
     let cases = [
         (unet, "downsample_padding", serde_json::json!(0), "unet/config.json: downsample_padding = 0 (SD1.5: 1) is not supported"),
@@ -337,7 +327,7 @@ fn config_values_that_used_to_panic_or_exhaust_memory() {
     ];
     for (file, key, value, needle) in cases {
         let dir = copy_model("mutated");
-        edit(&dir, file, key, value.clone());
+        set_json_key(&dir, file, key, value.clone());
         let msg = load_err(&dir);
         assert!(msg.contains(needle), "{file} {key} = {value}: {msg}");
     }
