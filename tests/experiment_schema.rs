@@ -60,6 +60,10 @@ fn overrides_and_exclude() {
         ("cfg=[0, .nan]", "not a finite number"),
         ("methods.2.solver.kind=sgd", "unknown variant `sgd`"),
         ("seeds=9..3", "is empty"),
+        // A number where a name belongs: never a variant by position, and said in plain words.
+        ("methods.2.method=3", "methods[2].method must be a name (one of: reference, ddrep, sjc, sds), got 3"),
+        ("methods.2.solver.kind=1", "methods[2].solver.kind must be a name (one of: adam, exact, transpose), got 1"),
+        ("device=0", "invalid type: integer `0`, expected a name"),
     ] {
         let e = format!("{:#}", ov(&[o]).err().unwrap_or_else(|| panic!("override {o} was accepted")));
         assert!(e.contains(needle), "override {o}: '{needle}' not in: {e}");

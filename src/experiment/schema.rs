@@ -402,10 +402,17 @@ impl CaptionsSpec {
 
 /// The parser's message without the " at line L column C" it appends (`located` says where).
 fn bare_message(e: &serde_norway::Error) -> String {
-    match e.location() {
+    let m = match e.location() {
         Some(l) => e.to_string().replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1),
         None => e.to_string(),
-    }
+    };
+    plain_words(m)
+}
+
+/// serde_norway's words for a number or list where a name (`cfg_convention: literal`,
+/// `device: cpu`, a metric) belongs are its own type's name; say what the user must write.
+fn plain_words(m: String) -> String {
+    m.replace("expected a Value::Tagged enum", "expected a name")
 }
 
 /// A parse or validation error with its place in the file.
@@ -433,7 +440,7 @@ fn located(path: &Path, text: &str, e: &serde_norway::Error) -> anyhow::Error {
             }
             anyhow::anyhow!("{}:{}:{}: {}", path.display(), line_no, col, m)
         }
-        None => anyhow::anyhow!("{}: {}", path.display(), e),
+        None => anyhow::anyhow!("{}: {}", path.display(), plain_words(e.to_string())),
     }
 }
 
@@ -534,10 +541,40 @@ fn with_overrides(path: &Path, text: &str, overrides: &[String]) -> Result<Exper
     }
     merge_sampler(&mut doc);
     let ctx = overrides_note(overrides);
-    let f: ExperimentFile = serde_norway::from_value(doc).map_err(|e| anyhow::anyhow!("{}{ctx}: {e}", path.display()))?;
+    variant_names_are_strings(&doc).map_err(|e| anyhow::anyhow!("{}{ctx}: {e}", path.display()))?;
+    let f: ExperimentFile = serde_norway::from_value(doc).map_err(|e| anyhow::anyhow!("{}{ctx}: {}", path.display(), plain_words(e.to_string())))?;
     // check()'s errors start with the file name; the overrides go at the end.
     check(path, &f).map_err(|e| anyhow::anyhow!("{e:#}{ctx}"))?;
     Ok(f)
+}
+
+/// The keys that pick a variant inside a method entry (`method`, and `kind` of its solver)
+/// must be names. serde reads a method entry through a buffer (its `method` key sits beside
+/// `label` and `seed_offset`), and there an integer picks a variant by position: `method: 2`
+/// would run SDS and `kind: 1` the closed-form solver, with no error.
+fn variant_names_are_strings(doc: &Value) -> std::result::Result<(), String> {
+    let Some(Value::Sequence(methods)) = doc.get("methods") else { return Ok(()) };
+    fn walk(v: &Value, at: &str) -> std::result::Result<(), String> {
+        match v {
+            Value::Mapping(m) => m.iter().try_for_each(|(k, v)| {
+                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                let here = format!("{at}.{key}");
+                if matches!(key.as_str(), "method" | "kind") && !v.is_string() {
+                    let names = if key == "method" { "reference, ddrep, sjc, sds" } else { "adam, exact, transpose" };
+                    return Err(format!("{here} must be a name (one of: {names}), got {}", yaml_scalar(v)));
+                }
+                walk(v, &here)
+            }),
+            Value::Sequence(s) => s.iter().enumerate().try_for_each(|(i, v)| walk(v, &format!("{at}.{i}"))),
+            _ => Ok(()),
+        }
+    }
+    methods.iter().enumerate().try_for_each(|(i, m)| walk(m, &format!("methods[{i}]")))
+}
+
+/// A YAML value in one line, for messages.
+fn yaml_scalar(v: &Value) -> String {
+    serde_norway::to_string(v).map(|s| s.trim_end().replace('\n', " ")).unwrap_or_else(|_| format!("{v:?}"))
 }
 
 /// Sets `key.sub.2.x = value` in a YAML document; the value is parsed as YAML.
