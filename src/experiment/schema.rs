@@ -440,7 +440,7 @@ fn located(path: &Path, text: &str, e: &serde_norway::Error) -> anyhow::Error {
             }
             anyhow::anyhow!("{}:{}:{}: {}", path.display(), line_no, col, m)
         }
-        None => anyhow::anyhow!("{}: {}", path.display(), plain_words(e.to_string())),
+        None => anyhow::anyhow!("{}: {}", path.display(), bare_message(e)),
     }
 }
 

@@ -47,8 +47,9 @@ def probe(tag, args, timeout=120, may_be_slow=False):
     try:
         p = subprocess.run([BIN] + args, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        (slow if may_be_slow else found).append(f"TIMEOUT {tag}: ddrep {' '.join(args)}")
-        print(("SLOW " if may_be_slow else "") + (slow if may_be_slow else found)[-1], flush=True)
+        listed = slow if may_be_slow else found
+        listed.append(f"TIMEOUT {tag}: ddrep {' '.join(args)}")
+        print(("SLOW " if may_be_slow else "") + listed[-1], flush=True)
         return None
     err = p.stderr.strip()
     lines = [l for l in err.splitlines() if l.strip()]
@@ -88,18 +89,19 @@ def sd15_configs():
     for f in files:
         orig = json.load(open(os.path.join(TINY, f)))
         for k, v0 in orig.items():
-            values = [("=", v) for v in whole]
+            # (list index or None for the whole value, new value)
+            values = [(None, v) for v in whole]
             if isinstance(v0, list):
-                values += [(f"[{i}]=", v) for i in range(len(v0)) for v in [0, -1, 7, 10**6, 10**12, "x", None]]
-                values += [("=", v0 + v0[-1:])]
-            for how, v in values:
+                values += [(i, v) for i in range(len(v0)) for v in [0, -1, 7, 10**6, 10**12, "x", None]]
+                values += [(None, v0 + v0[-1:])]
+            for i, v in values:
                 m = copy.deepcopy(orig)
-                if how == "=":
+                if i is None:
                     m[k] = v
                 else:
-                    m[k][int(how[1:-2])] = v
+                    m[k][i] = v
                 json.dump(m, open(os.path.join(model, f), "w"))
-                probe(f"{f} {k}{how}{v!r}", sample_sd15(model, work))
+                probe(f"{f} {k}{'' if i is None else f'[{i}]'}={v!r}", sample_sd15(model, work))
         json.dump(orig, open(os.path.join(model, f), "w"))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -249,8 +249,7 @@ impl UnetConfig {
         if self.downsample_padding != 1 {
             return Err(unsupported("downsample_padding", format!("{} (SD1.5: 1)", self.downsample_padding)));
         }
-        for key in ["layers_per_block", "transformer_layers_per_block"] {
-            let per_block = if key == "layers_per_block" { &self.layers_per_block } else { &self.transformer_layers_per_block };
+        for (key, per_block) in [("layers_per_block", &self.layers_per_block), ("transformer_layers_per_block", &self.transformer_layers_per_block)] {
             for (i, layers) in per_block.all(key, n)?.into_iter().enumerate() {
                 crate::limits::at_most(&format!("unet/config.json: {key} (block {i})"), layers, crate::limits::MAX_MODEL_LAYERS)?;
             }
